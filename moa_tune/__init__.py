@@ -1,0 +1,26 @@
+"""moa-tune: distributed hyperparameter search for Mechanism-of-Action (lish-moa) prediction.
+
+The core (data, folds, metric, features, models, training) imports neither Ray nor Optuna.
+"""
+from __future__ import annotations
+
+from .data import Features, MoaData, describe, load, save
+from .errors import ConfigError, DataError, DataWarning, ExportError, MoaTuneError
+from .metric import log_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DataWarning",
+    "ExportError",
+    "Features",
+    "MoaData",
+    "MoaTuneError",
+    "__version__",
+    "describe",
+    "load",
+    "log_loss",
+    "save",
+]
