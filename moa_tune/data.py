@@ -179,9 +179,11 @@ def _read_csv(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
         raise DataError(f"cannot be read as CSV: {first}", file=path.name) from None
     if len(frame) == 0:
         raise DataError("the file has a header but no rows", file=path.name)
+    # pandas renames a repeated header name ("x" -> "x.1"); read the raw header to catch it.
+    header = [str(c) for c in pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()]
     frame.columns = [str(c) for c in frame.columns]
     seen: set[str] = set()
-    for column in frame.columns:
+    for column in header:
         if column in seen:
             raise DataError("the column appears twice in the header", file=path.name, column=column)
         seen.add(column)

@@ -1,0 +1,210 @@
+"""The ``moa-tune`` command line: a thin typer shell over the library.
+
+The library raises :class:`~moa_tune.errors.MoaTuneError` subclasses whose text is already the
+user's message; :func:`main` prints it on one line (``error: ...``) and exits with code 2, with no
+traceback. Warnings are printed on one line too (``warning: ...``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import MoaTuneError
+
+app = typer.Typer(
+    name="moa-tune",
+    help="Distributed hyperparameter search for Mechanism-of-Action (lish-moa) prediction.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Read, check, describe and synthesize lish-moa data directories.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+DEFAULT_RESULTS = Path("results")
+
+
+@contextmanager
+def _working(message: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs (silent when stderr is not a terminal)."""
+    if err.is_terminal:
+        with err.status(message):
+            yield
+    else:
+        yield
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"moa-tune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """moa-tune: tune MoA models on Ray Tune + Optuna, blend the best, export an ensemble."""
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _load(directory: Path):
+    from .data import load
+
+    with _working(f"reading {directory}"):
+        return load(directory)
+
+
+@data_app.command("validate")
+def data_validate(directory: Path = typer.Argument(..., help="A lish-moa directory (Kaggle's layout).")) -> None:
+    """Check every file of DIR; print a short summary, or the first problem (exit code 2)."""
+    data = _load(directory)
+    parts = [f"{len(data.train)} train rows", f"{data.train.n_genes} genes", f"{data.train.n_cells} cells",
+             f"{data.n_scored} scored targets"]
+    if data.nonscored is not None:
+        parts.append(f"{data.n_nonscored} nonscored targets")
+    if data.drug_id is not None:
+        parts.append(f"{len(set(data.drug_id.tolist()))} drugs")
+    if data.test is not None:
+        parts.append(f"{len(data.test)} test rows")
+    out.print(f"ok: {directory}: " + ", ".join(parts))
+
+
+@data_app.command("describe")
+def data_describe(
+    directory: Path = typer.Argument(..., help="A lish-moa directory (Kaggle's layout)."),
+    top: int = typer.Option(5, min=1, help="How many most and least frequent targets to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
+) -> None:
+    """Print rows, drugs, controls, gene and cell counts, label sparsity and target frequencies."""
+    from .data import describe
+
+    summary = describe(_load(directory), top=top)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.2f}%"
+
+    table = Table(title=f"lish-moa data: {directory}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    rows = [
+        ("train rows", f"{summary['train_rows']:,}"),
+        ("test rows", f"{summary['test_rows']:,}"),
+        ("drugs", "-" if summary["drugs"] is None else f"{summary['drugs']:,}"),
+        ("control rows", f"{summary['control_rows']:,} ({pct(summary['control_fraction'])})"),
+        ("genes (g-*)", str(summary["genes"])),
+        ("cells (c-*)", str(summary["cells"])),
+        ("cp_time 24/48/72", " / ".join(f"{v:,}" for v in summary["cp_time"].values())),
+        ("cp_dose D1/D2", " / ".join(f"{v:,}" for v in summary["cp_dose"].values())),
+        ("scored targets", str(summary["scored_targets"])),
+        ("nonscored targets", "-" if not summary["nonscored_targets"] else
+         f"{summary['nonscored_targets']} ({summary['nonscored_all_zero']} all zero)"),
+        ("scored positives", f"{summary['scored_positives']:,} ({pct(summary['scored_positive_fraction'])} of cells)"),
+        ("rows with no label", f"{summary['rows_without_label']:,} ({pct(summary['rows_without_label_fraction'])})"),
+        ("treated rows with no label", f"{summary['treated_rows_without_label']:,}"),
+        ("labels per row", ", ".join(f"{k}: {v:,}" for k, v in summary["labels_per_row"].items())),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    freq = Table(title="scored targets by positives")
+    freq.add_column("most frequent")
+    freq.add_column("n", justify="right")
+    freq.add_column("least frequent")
+    freq.add_column("n", justify="right")
+    for (a, na), (b, nb) in zip(summary["most_frequent"], summary["least_frequent"]):
+        freq.add_row(a, str(na), b, str(nb))
+    out.print(freq)
+
+
+@data_app.command("synth")
+def data_synth(
+    preset: str = typer.Option("small", help="tiny (tests), small (demo) or full (the real size)."),
+    seed: int = typer.Option(0, help="Random seed; the output is identical for the same seed."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory [default: results/data/<preset>-seed<seed>]."),
+    labels: Optional[Path] = typer.Option(None, help="Semi-real mode: a folder of real label files "
+                                          "(train_targets_scored, optional nonscored and train_drug)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Write a synthetic lish-moa directory with the structure of the real problem."""
+    from .synth import write
+
+    target = out_dir or DEFAULT_RESULTS / "data" / f"{preset}-seed{seed}"
+    with _working(f"synthesizing '{preset}' (seed {seed})"):
+        path = write(preset, seed, target, labels=labels, overwrite=force)
+    out.print(f"wrote {path}")
+
+
+@data_app.command("folds")
+def data_folds(
+    directory: Path = typer.Argument(..., help="A lish-moa directory (Kaggle's layout)."),
+    n_splits: int = typer.Option(5, "--n-splits", min=2, help="Number of folds."),
+    scheme: str = typer.Option("drug", "--folds", help="drug (needs train_drug.csv), multilabel, or auto."),
+    seed: int = typer.Option(0, help="Random seed of the stratifier."),
+    threshold: int = typer.Option(18, min=1, help="Drugs with at most this many rows stay whole."),
+    keep_controls: bool = typer.Option(False, "--keep-controls", help="Train and score on control rows too."),
+    out_file: Path = typer.Option(DEFAULT_RESULTS / "folds.npz", "--out", help="Where to save the folds."),
+) -> None:
+    """Make cross-validation folds, save them, and print each fold's size and label prevalence."""
+    from .folds import make_folds
+
+    data = _load(directory)
+    folds = make_folds(data, n_splits, scheme, seed, threshold, keep_controls)  # type: ignore[arg-type]
+    folds.save(out_file)
+    table = Table(title=f"{folds.scheme} folds (seed {seed}) -> {out_file}")
+    for name in ("fold", "rows", "drugs", "positive cells", "rows with no label"):
+        table.add_column(name, justify="right")
+    for k, (_, valid) in enumerate(folds.split()):
+        y = data.scored[valid]
+        drugs = "-" if data.drug_id is None else f"{len(set(data.drug_id[valid].tolist())):,}"
+        table.add_row(str(k), f"{len(valid):,}", drugs, f"{100 * y.mean():.3f}%",
+                      f"{100 * (y.sum(axis=1) == 0).mean():.1f}%")
+    table.add_row("left out", f"{int((folds.fold < 0).sum()):,}", "", "", "")
+    out.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err.print(f"warning: {message}", soft_wrap=True, markup=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning MoaTuneError into one line and exit code 2.
+
+    Click handles usage errors itself (one message, exit code 2); everything the library rejects
+    arrives here as a MoaTuneError whose text is the user's message.
+    """
+    warnings.showwarning = _show_warning
+    try:
+        app(args=argv, prog_name="moa-tune")
+    except MoaTuneError as exc:
+        err.print(f"error: {exc}", soft_wrap=True, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: a small hand-made Kaggle-layout directory and the real label folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lish-moa-labels"
+
+
+@pytest.fixture
+def real_labels() -> Path:
+    """The real lish-moa label files (../shared/data/lish-moa-labels); skips when absent."""
+    if not (REAL_LABELS / "train_targets_scored.csv.zip").is_file():
+        pytest.skip(f"real labels not found at {REAL_LABELS}")
+    return REAL_LABELS
+
+
+def write_kaggle_dir(path: Path, n_train: int = 60, n_test: int = 12, n_genes: int = 5, n_cells: int = 3,
+                     n_scored: int = 4, n_nonscored: int = 3, seed: int = 0) -> Path:
+    """A tiny but complete lish-moa directory written with pandas (independent of moa_tune.synth)."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+
+    def features(prefix: str, n: int) -> pd.DataFrame:
+        frame = pd.DataFrame({
+            "sig_id": [f"id_{prefix}{i:06x}" for i in range(n)],
+            "cp_type": np.where(np.arange(n) % 10 == 0, "ctl_vehicle", "trt_cp"),
+            "cp_time": rng.choice([24, 48, 72], n),
+            "cp_dose": rng.choice(["D1", "D2"], n),
+        })
+        numeric = pd.DataFrame(rng.normal(size=(n, n_genes + n_cells)).round(4),
+                               columns=[*(f"g-{j}" for j in range(n_genes)), *(f"c-{j}" for j in range(n_cells))])
+        return pd.concat([frame, numeric], axis=1)
+
+    train = features("a", n_train)
+    train.to_csv(path / "train_features.csv", index=False)
+    control = (train.cp_type == "ctl_vehicle").to_numpy()
+    drug = np.where(control, "cacb2b860", np.array([f"drug{i // 3:05d}" for i in range(n_train)]))
+    scored = np.zeros((n_train, n_scored), dtype=int)
+    for i in range(n_train):
+        if not control[i] and (i // 3) % 2 == 0:
+            scored[i, (i // 3) % n_scored] = 1
+    pd.DataFrame(scored, columns=[f"target_{j}_inhibitor" for j in range(n_scored)]).assign(
+        sig_id=train.sig_id).iloc[:, [-1, *range(n_scored)]].to_csv(path / "train_targets_scored.csv", index=False)
+    nonscored = np.zeros((n_train, n_nonscored), dtype=int)
+    nonscored[:, 0] = scored[:, 0]
+    pd.DataFrame(nonscored, columns=[f"other_{j}_agonist" for j in range(n_nonscored)]).assign(
+        sig_id=train.sig_id).iloc[:, [-1, *range(n_nonscored)]].to_csv(path / "train_targets_nonscored.csv", index=False)
+    pd.DataFrame({"sig_id": train.sig_id, "drug_id": drug}).to_csv(path / "train_drug.csv", index=False)
+    test = features("b", n_test)
+    test.to_csv(path / "test_features.csv", index=False)
+    submission = pd.DataFrame(0.5, index=range(n_test), columns=[f"target_{j}_inhibitor" for j in range(n_scored)])
+    submission.insert(0, "sig_id", test.sig_id)
+    submission.to_csv(path / "sample_submission.csv", index=False)
+    return path
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run ``moa-tune ARGV`` in-process; (exit code, stdout, stderr)."""
+    from moa_tune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    code = exit_info.value.code
+    return (0 if code is None else code), captured.out, captured.err
+
+
+@pytest.fixture
+def kaggle_dir(tmp_path: Path) -> Path:
+    return write_kaggle_dir(tmp_path / "moa")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a developer's own Ray token and config out of the tests."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    os.environ.setdefault("MPLBACKEND", "Agg")
