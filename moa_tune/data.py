@@ -11,8 +11,6 @@ lines of a file (the header is not a row), and the sig_id of the row is given to
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, DataWarning
+from .io import atomic_dir
 
 __all__ = [
     "CELL_PREFIX",
@@ -419,9 +418,7 @@ def save(data: MoaData, path: str | os.PathLike, *, overwrite: bool = False, flo
     target = Path(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise DataError(f"{target}: already exists and is not empty (use overwrite/--force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target, overwrite=True) as staging:
         data.train.to_frame().to_csv(staging / "train_features.csv", index=False, float_format=float_format)
         _targets_frame(data.train.sig_id, data.scored, data.scored_columns).to_csv(
             staging / "train_targets_scored.csv", index=False)
@@ -436,16 +433,6 @@ def save(data: MoaData, path: str | os.PathLike, *, overwrite: bool = False, flo
             submission = np.full((len(data.test), data.n_scored), 0.5)
             _targets_frame(data.test.sig_id, submission, data.scored_columns).astype(
                 {c: float for c in data.scored_columns}).to_csv(staging / "sample_submission.csv", index=False)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from .data import MoaData
 from .errors import DataError
+from .io import write_npz
 
 __all__ = ["DEFAULT_DRUG_THRESHOLD", "DrugAwareKFold", "Folds", "Scheme", "make_folds"]
 
@@ -140,18 +140,8 @@ class Folds:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``folds.npz`` (no pickle), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, fold=self.fold, sig_id=self.sig_id.astype(str),
-                     settings=np.array(json.dumps(self.settings())))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_npz(path, {"fold": self.fold, "sig_id": self.sig_id.astype(str),
+                                "settings": np.array(json.dumps(self.settings()))})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Folds":
