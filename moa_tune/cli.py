@@ -183,6 +183,122 @@ def data_folds(
 
 
 # --------------------------------------------------------------------------------------------
+# train
+
+
+def _parse_set(pairs: list[str]) -> list[tuple[str, object]]:
+    """``section.name=value`` overrides; the value is parsed as YAML (so 1e-3, true, [1, 2] work)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.name=value, got '{pair}'")
+        try:
+            parsed.append((key.strip(), yaml.safe_load(value)))
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse the value '{value}'") from None
+    return parsed
+
+
+def _get_folds(data, folds_file: Optional[Path], n_splits: int, scheme: str, fold_seed: int):
+    from .folds import Folds, make_folds
+
+    if folds_file is not None:
+        folds = Folds.load(folds_file)
+        folds.check(data)
+        return folds
+    return make_folds(data, n_splits, scheme, fold_seed)  # type: ignore[arg-type]
+
+
+@app.command("train")
+def train(
+    config_file: Path = typer.Option(..., "--config", help="A YAML config (family, stage, features, model, train)."),
+    data_dir: Path = typer.Option(..., "--data", help="A lish-moa directory (Kaggle's layout)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a value: section.name=value (repeatable)."),
+    inputs: list[Path] = typer.Option([], "--inputs", help="Previous stage's output folder (stage2, stage3; repeatable)."),
+    folds_file: Optional[Path] = typer.Option(None, "--folds", help="folds.npz to reuse (every stage of a run must share folds)."),
+    n_splits: int = typer.Option(5, "--n-splits", min=2, help="Folds to make when --folds is not given."),
+    scheme: str = typer.Option("drug", "--fold-scheme", help="drug, multilabel or auto (when --folds is not given)."),
+    fold_seed: int = typer.Option(0, "--fold-seed", help="Seed of the folds (when --folds is not given)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: results/train/<config name>]."),
+    save_models: bool = typer.Option(True, "--save-models/--no-save-models", help="Save each fold's pipeline and network."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Cross-validate one configuration with progress; write predictions, metrics and models."""
+    import yaml
+
+    from .config import resolve_config, set_path
+    from .errors import ConfigError
+    from .stages import Predictions
+    from .train import run_training
+
+    try:
+        raw = yaml.safe_load(config_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{config_file}: no such config file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{config_file}: not valid YAML{where}: {getattr(exc, 'problem', '') or exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: expected a mapping of config sections, got {type(raw).__name__}")
+    for key, value in _parse_set(overrides):
+        set_path(raw, key, value)
+    try:
+        config = resolve_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}") from None
+    target = out_dir or DEFAULT_RESULTS / "train" / config_file.stem
+    if target.exists() and any(target.iterdir()) and not force:
+        raise ConfigError(f"{target}: already exists (use --force to replace it, or --out elsewhere)")
+    data = _load(data_dir)
+    folds = _get_folds(data, folds_file, n_splits, scheme, fold_seed)
+    previous = [Predictions.load(p) for p in inputs]
+    result = run_training(config, data, folds, previous, target, save_models=save_models,
+                          progress=_progress_printer(config, folds.n_splits))
+    out.print(f"CV log loss {result.loss:.6f} over {int(folds.used.sum()):,} rows "
+              f"(folds: {', '.join(f'{x:.5f}' for x in result.fold_losses)})"
+              + (f"; {result.loss_all_rows:.6f} on all rows with controls predicted 0" if result.loss_all_rows else ""))
+    out.print(f"wrote {target}")
+
+
+def _progress_printer(config: dict, n_folds: int):
+    """A rich progress bar over folds x epochs on a terminal; one line per fold otherwise."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    epochs = config["train"]["epochs"]
+    if not err.is_terminal:
+        def plain(event: dict) -> None:
+            if event["event"] == "fold_end":
+                err.print(f"fold {event['fold'] + 1}/{event['n_folds']}: loss {event['loss']:.6f} "
+                          f"(running {event['running_loss']:.6f})", markup=False)
+        return plain
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                   TimeElapsedColumn(), console=err, transient=False)
+    task = bar.add_task(f"{config['family']}/{config['stage']}", total=n_folds * epochs, status="")
+    state = {"fold": 0}
+
+    def rich_progress(event: dict) -> None:
+        if event["event"] == "fold_start":
+            if state["fold"] == 0:
+                bar.start()
+            state["fold"] = event["fold"]
+            bar.update(task, completed=event["fold"] * epochs, status=f"fold {event['fold'] + 1}/{n_folds}")
+        elif event["event"] == "epoch":
+            bar.update(task, completed=state["fold"] * epochs + event["epoch"],
+                       status=f"fold {state['fold'] + 1}/{n_folds} epoch {event['epoch']} valid {event['valid_loss']:.5f}")
+        elif event["event"] == "fold_end":
+            bar.update(task, completed=(event["fold"] + 1) * epochs, status=f"running CV {event['running_loss']:.5f}")
+            if event["fold"] + 1 == n_folds:
+                bar.stop()
+    return rich_progress
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

@@ -1,0 +1,282 @@
+"""The per-fold feature pipeline, configured by the ``features`` section of a config.
+
+Fitted on the training rows of one fold only, then applied to that fold's validation rows and
+to the test rows: fitting a scaler or PCA on validation or test rows leaks their distribution
+into training (the most common mistake of competition code). Steps, in order:
+
+1. row statistics (mean, std, skew, kurtosis) of the raw genes and of the raw cells;
+2. scaling of genes and cells: RankGauss (``QuantileTransformer`` to a normal output),
+   standard scaling, or none;
+3. PCA components of the scaled genes and of the scaled cells, appended (0 turns it off);
+4. previous-stage predictions (``inputs``), optionally logit- or RankGauss-transformed;
+5. ``VarianceThreshold`` over the numeric columns;
+6. encoding of cp_time (one-hot) and cp_dose (0/1).
+
+The fitted state is plain arrays plus JSON (:meth:`FeaturePipeline.state`), no pickle, and
+:meth:`FeaturePipeline.from_state` rebuilds a pipeline whose outputs are identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import stats as sps
+from sklearn.decomposition import PCA
+from sklearn.feature_selection import VarianceThreshold
+from sklearn.preprocessing import QuantileTransformer, StandardScaler
+
+from .data import CP_DOSES, CP_TIMES, Features
+from .errors import ConfigError
+from .params import Param, resolve
+
+__all__ = ["GROUPS", "PARAMS", "FeaturePipeline"]
+
+#: Names of the column groups of the feature matrix, in order (``meta`` always last).
+GROUPS: tuple[str, ...] = ("genes", "cells", "gene_pca", "cell_pca", "stats", "inputs", "meta")
+#: Probability clip before the logit of previous-stage predictions.
+LOGIT_EPS = 1e-4
+#: Seed of the randomized parts of sklearn transformers (PCA solver); folds and models have their own.
+TRANSFORM_SEED = 0
+
+PARAMS: dict[str, Param] = {
+    "scaler": Param("str", "rankgauss", "Scaling of genes and cells.", choices=("rankgauss", "standard", "none")),
+    "n_quantiles": Param("int", 100, "Quantiles of the RankGauss transform.", low=10, high=10_000),
+    "gene_pca": Param("int", 50, "PCA components of the genes appended (0: none; capped by rows and genes).",
+                      low=0, high=5000),
+    "cell_pca": Param("int", 15, "PCA components of the cells appended (0: none; capped by rows and cells).",
+                      low=0, high=1000),
+    "variance_threshold": Param("float", 0.0, "Drop numeric columns whose training variance is at most this "
+                                "(after scaling); 0 drops constant columns only.", low=0.0, high=100.0),
+    "row_stats": Param("bool", True, "Append mean, std, skew and kurtosis of each row's genes and cells."),
+    "raw": Param("bool", True, "Keep the scaled gene and cell columns themselves (off: PCA/stats/inputs only)."),
+    "meta": Param("bool", True, "Append cp_time one-hot and cp_dose 0/1."),
+    "inputs_transform": Param("str", "none", "Transform of previous-stage predictions used as inputs.",
+                              choices=("none", "logit", "rankgauss")),
+}
+
+_STATE_ATTRS = {
+    QuantileTransformer: ("quantiles_", "references_", "n_quantiles_", "n_features_in_"),
+    StandardScaler: ("mean_", "scale_", "var_", "n_features_in_", "n_samples_seen_"),
+    PCA: ("components_", "mean_", "explained_variance_", "explained_variance_ratio_", "singular_values_",
+          "n_components_", "n_features_in_", "noise_variance_", "n_samples_"),
+}
+
+
+def _row_stats(block: np.ndarray) -> np.ndarray:
+    """Mean, std, skew and kurtosis of each row (per-row, so nothing is fitted)."""
+    with np.errstate(all="ignore"):
+        skew = np.nan_to_num(sps.skew(block, axis=1))
+        kurt = np.nan_to_num(sps.kurtosis(block, axis=1))
+    return np.column_stack([block.mean(axis=1), block.std(axis=1), skew, kurt])
+
+
+def _new_scaler(kind: str, n_quantiles: int, n_rows: int):
+    if kind == "rankgauss":
+        return QuantileTransformer(n_quantiles=min(n_quantiles, n_rows), output_distribution="normal",
+                                   subsample=None, random_state=TRANSFORM_SEED)
+    if kind == "standard":
+        return StandardScaler()
+    return None
+
+
+def _dump(estimator, prefix: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    if estimator is None:
+        return
+    kind = type(estimator)
+    meta[prefix] = {"class": kind.__name__, "params": estimator.get_params()}
+    for attr in _STATE_ATTRS[kind]:
+        arrays[f"{prefix}.{attr}"] = np.asarray(getattr(estimator, attr))
+
+
+def _restore(prefix: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]):
+    if prefix not in meta:
+        return None
+    kind = {k.__name__: k for k in _STATE_ATTRS}[meta[prefix]["class"]]
+    estimator = kind(**meta[prefix]["params"])
+    for attr in _STATE_ATTRS[kind]:
+        value = arrays[f"{prefix}.{attr}"]
+        setattr(estimator, attr, value.item() if value.ndim == 0 else value)
+    return estimator
+
+
+class FeaturePipeline:
+    """Feature engineering fitted on one fold's training rows (scikit-learn style: ``fit``/``transform``).
+
+    Parameters are the ``features`` section of a config (see :data:`PARAMS`); they are checked
+    here, in the constructor, so a bad value fails before any work. What ``fit`` learns ends in
+    ``_``: the fitted transformers, the kept-column mask and :attr:`groups_` (group name -> column
+    indices of the output matrix, used by families such as ``resnet2head``).
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = resolve("features", PARAMS, params)
+
+    # ---- fitting and transforming
+
+    def _numeric(self, features: Features, inputs: np.ndarray | None, fit: bool) -> tuple[list, list]:
+        p = self.params
+        blocks: list[np.ndarray] = []
+        names: list[str] = []
+        genes = features.genes.astype(np.float64)
+        cells = features.cells.astype(np.float64)
+        if fit:
+            n = len(features)
+            self.gene_scaler_ = _new_scaler(p["scaler"], p["n_quantiles"], n)
+            self.cell_scaler_ = _new_scaler(p["scaler"], p["n_quantiles"], n)
+            if self.gene_scaler_ is not None:
+                genes_s = self.gene_scaler_.fit_transform(genes)
+                cells_s = self.cell_scaler_.fit_transform(cells)
+            else:
+                genes_s, cells_s = genes, cells
+            k_g = min(p["gene_pca"], n, features.n_genes)
+            k_c = min(p["cell_pca"], n, features.n_cells)
+            self.gene_pca_ = PCA(k_g, random_state=TRANSFORM_SEED).fit(genes_s) if k_g > 0 else None
+            self.cell_pca_ = PCA(k_c, random_state=TRANSFORM_SEED).fit(cells_s) if k_c > 0 else None
+        else:
+            if features.gene_columns != tuple(self.gene_columns_) or features.cell_columns != tuple(self.cell_columns_):
+                raise ConfigError("the features to transform have other gene/cell columns than the pipeline was fitted on")
+            genes_s = self.gene_scaler_.transform(genes) if self.gene_scaler_ is not None else genes
+            cells_s = self.cell_scaler_.transform(cells) if self.cell_scaler_ is not None else cells
+        if p["raw"]:
+            blocks += [genes_s, cells_s]
+            names += ["genes", "cells"]
+        if self.gene_pca_ is not None:
+            blocks.append(self.gene_pca_.transform(genes_s))
+            names.append("gene_pca")
+        if self.cell_pca_ is not None:
+            blocks.append(self.cell_pca_.transform(cells_s))
+            names.append("cell_pca")
+        if p["row_stats"]:
+            stats = np.hstack([_row_stats(genes), _row_stats(cells)])
+            if fit:
+                self.stats_scaler_ = StandardScaler().fit(stats)
+            blocks.append(self.stats_scaler_.transform(stats))
+            names.append("stats")
+        if fit:
+            self.n_inputs_ = 0 if inputs is None else inputs.shape[1]
+        n_inputs = 0 if inputs is None else inputs.shape[1]
+        if n_inputs != self.n_inputs_:
+            raise ConfigError(f"the pipeline was fitted with {self.n_inputs_} previous-stage input columns, got {n_inputs}")
+        if inputs is not None and n_inputs:
+            x = inputs.astype(np.float64)
+            if p["inputs_transform"] == "logit":
+                x = np.clip(x, LOGIT_EPS, 1 - LOGIT_EPS)
+                x = np.log(x / (1 - x))
+            elif p["inputs_transform"] == "rankgauss":
+                if fit:
+                    self.inputs_scaler_ = _new_scaler("rankgauss", p["n_quantiles"], len(x)).fit(x)
+                x = self.inputs_scaler_.transform(x)
+            blocks.append(x)
+            names.append("inputs")
+        return blocks, names
+
+    def fit(self, features: Features, inputs: np.ndarray | None = None) -> "FeaturePipeline":
+        """Learn every transform from ``features`` (the training rows of one fold) and ``inputs``."""
+        self.gene_columns_ = list(features.gene_columns)
+        self.cell_columns_ = list(features.cell_columns)
+        self.inputs_scaler_ = None
+        self.stats_scaler_ = None
+        blocks, names = self._numeric(features, inputs, fit=True)
+        if not blocks and not self.params["meta"]:
+            raise ConfigError("the 'features' section leaves no column: enable raw, PCA, row_stats, meta or inputs")
+        numeric = np.hstack(blocks) if blocks else np.zeros((len(features), 0))
+        self.block_names_ = names
+        self.block_widths_ = [b.shape[1] for b in blocks]
+        if numeric.shape[1]:
+            self.selector_ = VarianceThreshold(self.params["variance_threshold"])
+            try:
+                self.selector_.fit(numeric)
+                self.keep_ = self.selector_.get_support()
+            except ValueError:  # every column at or below the threshold
+                self.keep_ = np.zeros(numeric.shape[1], dtype=bool)
+        else:
+            self.keep_ = np.zeros(0, dtype=bool)
+        if not self.keep_.any() and not self.params["meta"]:
+            raise ConfigError(f"features.variance_threshold={self.params['variance_threshold']} removes every column")
+        self._set_groups()
+        return self
+
+    def _set_groups(self) -> None:
+        groups: dict[str, np.ndarray] = {}
+        start = 0
+        out = 0
+        for name, width in zip(self.block_names_, self.block_widths_):
+            kept = int(self.keep_[start:start + width].sum())
+            groups[name] = np.arange(out, out + kept)
+            start += width
+            out += kept
+        if self.params["meta"]:
+            groups["meta"] = np.arange(out, out + len(CP_TIMES) + 1)
+            out += len(CP_TIMES) + 1
+        self.groups_ = groups
+        self.n_features_out_ = out
+
+    def transform(self, features: Features, inputs: np.ndarray | None = None) -> np.ndarray:
+        """The float32 feature matrix of ``features`` (any rows), using what ``fit`` learned."""
+        if not hasattr(self, "keep_"):
+            raise RuntimeError("FeaturePipeline.transform before fit")
+        blocks, _ = self._numeric(features, inputs, fit=False)
+        parts = [np.hstack(blocks)[:, self.keep_]] if blocks else []
+        if self.params["meta"]:
+            time = (features.cp_time[:, None] == np.asarray(CP_TIMES)[None, :]).astype(np.float64)
+            dose = (features.cp_dose == CP_DOSES[1]).astype(np.float64)[:, None]
+            parts += [time, dose]
+        return np.hstack(parts).astype(np.float32)
+
+    def fit_transform(self, features: Features, inputs: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(features, inputs).transform(features, inputs)
+
+    # ---- state without pickle
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, JSON-able settings) that :meth:`from_state` turns back into this pipeline."""
+        arrays: dict[str, np.ndarray] = {"keep": self.keep_}
+        meta: dict[str, Any] = {
+            "params": self.params, "gene_columns": self.gene_columns_, "cell_columns": self.cell_columns_,
+            "block_names": self.block_names_, "block_widths": self.block_widths_, "n_inputs": self.n_inputs_,
+        }
+        for prefix in ("gene_scaler_", "cell_scaler_", "gene_pca_", "cell_pca_", "stats_scaler_", "inputs_scaler_"):
+            _dump(getattr(self, prefix), prefix.rstrip("_"), arrays, meta)
+        return arrays, json.loads(json.dumps(meta, default=_json_default))
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "FeaturePipeline":
+        pipeline = cls(meta["params"])
+        pipeline.gene_columns_ = list(meta["gene_columns"])
+        pipeline.cell_columns_ = list(meta["cell_columns"])
+        pipeline.block_names_ = list(meta["block_names"])
+        pipeline.block_widths_ = [int(w) for w in meta["block_widths"]]
+        pipeline.n_inputs_ = int(meta["n_inputs"])
+        pipeline.keep_ = np.asarray(arrays["keep"], dtype=bool)
+        for prefix in ("gene_scaler", "cell_scaler", "gene_pca", "cell_pca", "stats_scaler", "inputs_scaler"):
+            setattr(pipeline, prefix + "_", _restore(prefix, arrays, meta))
+        pipeline._set_groups()
+        return pipeline
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``<path>.npz`` and ``<path>.json`` (atomically each)."""
+        from .io import write_json, write_npz
+
+        arrays, meta = self.state()
+        path = Path(path)
+        write_npz(path.with_suffix(".npz"), arrays)
+        write_json(path.with_suffix(".json"), meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeaturePipeline":
+        path = Path(path)
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        return cls.from_state(arrays, json.loads(path.with_suffix(".json").read_text()))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
