@@ -83,3 +83,19 @@ def _hermetic_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The synthetic 'tiny' preset (seed 0) and its 3 drug-aware folds."""
+    from moa_tune.folds import make_folds
+    from moa_tune.synth import generate
+
+    data = generate("tiny", seed=0)
+    return data, make_folds(data, n_splits=3, scheme="drug", seed=0)
+
+
+#: A config that trains in about a second per fold on the tiny preset.
+FAST_TRAIN = {"epochs": 3, "batch_size": 64, "early_stopping": 0}
+#: A small MLP for tests that exercise the machinery rather than the model.
+SMALL_MLP = {"hidden_size": 64}
