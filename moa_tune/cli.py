@@ -229,29 +229,12 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
 ) -> None:
     """Cross-validate one configuration with progress; write predictions, metrics and models."""
-    import yaml
-
-    from .config import resolve_config, set_path
+    from .config import load_config
     from .errors import ConfigError
     from .stages import Predictions
     from .train import run_training
 
-    try:
-        raw = yaml.safe_load(config_file.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{config_file}: no such config file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{config_file}: not valid YAML{where}: {getattr(exc, 'problem', '') or exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_file}: expected a mapping of config sections, got {type(raw).__name__}")
-    for key, value in _parse_set(overrides):
-        set_path(raw, key, value)
-    try:
-        config = resolve_config(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{config_file}: {exc}") from None
+    config = load_config(config_file, dict(_parse_set(overrides)))
     target = out_dir or DEFAULT_RESULTS / "train" / config_file.stem
     if target.exists() and any(target.iterdir()) and not force:
         raise ConfigError(f"{target}: already exists (use --force to replace it, or --out elsewhere)")

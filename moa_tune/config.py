@@ -23,7 +23,7 @@ import yaml
 from .errors import ConfigError
 from .params import suggest_name
 
-__all__ = ["SECTIONS", "load_config", "resolve_config", "set_path"]
+__all__ = ["SECTIONS", "load_config", "read_yaml", "resolve_config", "set_path"]
 
 SECTIONS: tuple[str, ...] = ("family", "stage", "stage_options", "features", "model", "train")
 
@@ -57,20 +57,31 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file and resolve it; errors name the file."""
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ConfigError naming the file, line and column otherwise."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: the file is empty")
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise ConfigError(f"{path}: expected a mapping of settings, got {got}")
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply ``section.name`` overrides, and resolve it; errors name the file."""
+    raw = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        set_path(raw, key, value)
     try:
         return resolve_config(raw)
     except ConfigError as exc:

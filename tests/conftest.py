@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+
+# One torch thread per test process: on a 2-core CI machine more threads only spin against each other
+# (and against Ray workers in the sweep tests).
+torch.set_num_threads(1)
 
 REAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lish-moa-labels"
 
