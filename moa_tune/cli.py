@@ -216,7 +216,8 @@ def _get_folds(data, folds_file: Optional[Path], n_splits: int, scheme: str, fol
 
 @app.command("train")
 def train(
-    config_file: Path = typer.Option(..., "--config", help="A YAML config (family, stage, features, model, train)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML config (family, stage, features, model, "
+                                               "train); without it, the defaults of the family given by --set family=NAME."),
     data_dir: Path = typer.Option(..., "--data", help="A lish-moa directory (Kaggle's layout)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a value: section.name=value (repeatable)."),
     inputs: list[Path] = typer.Option([], "--inputs", help="Previous stage's output folder (stage2, stage3; repeatable)."),
@@ -234,8 +235,17 @@ def train(
     from .stages import Predictions
     from .train import run_training
 
-    config = load_config(config_file, dict(_parse_set(overrides)))
-    target = out_dir or DEFAULT_RESULTS / "train" / config_file.stem
+    if config_file is not None:
+        config = load_config(config_file, dict(_parse_set(overrides)))
+    else:
+        from .config import resolve_config, set_path
+
+        raw: dict = {}
+        for key, value in _parse_set(overrides):
+            set_path(raw, key, value)
+        config = resolve_config(raw)
+    name = config_file.stem if config_file is not None else f"{config['family']}-{config['stage']}"
+    target = out_dir or DEFAULT_RESULTS / "train" / name
     if target.exists() and any(target.iterdir()) and not force:
         raise ConfigError(f"{target}: already exists (use --force to replace it, or --out elsewhere)")
     data = _load(data_dir)

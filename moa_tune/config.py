@@ -42,7 +42,10 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if key not in SECTIONS:
             raise ConfigError(f"Unknown config section '{key}'.{suggest_name(str(key), SECTIONS)}")
     if "family" not in config:
-        raise ConfigError("The config has no 'family' (one of the registered model families).")
+        from .models import FAMILIES
+
+        raise ConfigError(f"The config has no 'family'; choose one of {', '.join(FAMILIES)} "
+                          "(in the YAML, or --set family=NAME).")
     family = get_family(config["family"])
     stage = config.get("stage", "direct")
     if stage not in STAGE_PARAMS:
