@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,7 +68,8 @@ _STATE_ATTRS = {
 
 def _row_stats(block: np.ndarray) -> np.ndarray:
     """Mean, std, skew and kurtosis of each row (per-row, so nothing is fitted)."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant rows: scipy warns, the moment is 0
         skew = np.nan_to_num(sps.skew(block, axis=1))
         kurt = np.nan_to_num(sps.kurtosis(block, axis=1))
     return np.column_stack([block.mean(axis=1), block.std(axis=1), skew, kurt])
