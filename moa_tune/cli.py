@@ -259,6 +259,56 @@ def train(
     out.print(f"wrote {target}")
 
 
+@app.command("sweep")
+def sweep(
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A sweep file [default: search_spaces/sweeps/default.yaml]."),
+    data_dir: Optional[Path] = typer.Option(None, "--data", help="A lish-moa directory [default: what the sweep file names]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Sweep name, the folder under results/ [default: the file's name]."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster (auto, host:port, ray://...); "
+                                          "default: RAY_ADDRESS, else a local Ray."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Where Tune keeps experiments: any URI Ray Tune "
+                                          "accepts (s3://, gs://, a shared path) [default: results/<name>]."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Resume the interrupted sweep in this folder."),
+    results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of sweep folders."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+) -> None:
+    """Tune every family x stage of a sweep file on Ray Tune (OptunaSearch + fold-level ASHA)."""
+    from dataclasses import replace
+
+    from .errors import ConfigError
+    from .sweep_spec import load_sweep
+
+    if resume is not None:
+        if config_file is not None or name is not None:
+            raise ConfigError("--resume takes the sweep as it was recorded; leave out --config and --name")
+        from .sweep import resume_spec
+
+        spec = resume_spec(resume)
+        out_path = resume
+    else:
+        spec = load_sweep(config_file)
+        if name is not None:
+            spec = replace(spec, name=name)
+        out_path = results / spec.name
+        if (out_path / "sweep.yaml").exists():
+            raise ConfigError(f"{out_path}: a sweep named '{spec.name}' is already here; "
+                              f"resume it with --resume {out_path}, or choose another --name")
+    from .sweep import load_sweep_data, run_sweep
+
+    data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+    result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
+                       num_cpus=num_cpus, emit=_emit)
+    counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
+    out.print(f"{len(result.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for (stage, family), meta in result.best.items():
+        out.print(f"best {stage}/{family}: {meta['loss']:.6f} (trial {meta['trial_id']})")
+    out.print(f"wrote {result.path} (trials.csv, best predictions per stage and family)")
+
+
+def _emit(line: str) -> None:
+    out.print(line, markup=False)
+
+
 def _progress_printer(config: dict, n_folds: int):
     """A rich progress bar over folds x epochs on a terminal; one line per fold otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -1,0 +1,404 @@
+"""The Ray Tune layer: one Tune experiment per family x stage, OptunaSearch + fold-level ASHA.
+
+- The trainable (:func:`trainable`) is thin: it turns Tune's flat config into a nested config,
+  runs :func:`moa_tune.train.cross_validate`, and after every fold calls ``tune.report`` with
+  ``loss`` = running mean fold loss (``training_iteration`` = folds done) and a checkpoint of
+  the finished folds, so a restarted trial resumes at its next fold.
+- Data, folds and previous-stage predictions go once into the object store
+  (``tune.with_parameters``); no trial reads files.
+- ``ASHAScheduler(time_attr="training_iteration", max_t=n_folds)``: poor configurations stop after
+  their first folds. ``OptunaSearch`` (TPE, seeded, define-by-run space) inside a
+  ``ConcurrencyLimiter``.
+- Stages run in order; the best completed configuration of a stage (or the best of each family)
+  feeds the next one with its out-of-fold and fold-averaged test predictions.
+
+Results: ``results/<sweep>/`` holds ``sweep.yaml``, ``folds.npz``, ``<stage>/<family>/`` (the Tune
+experiment and ``best/`` predictions), ``trials.csv``. ``run_sweep(..., resume=True)`` picks up an
+interrupted sweep: finished experiments are kept, an unfinished one is restored with its searcher
+state (``Tuner.restore``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+
+from .data import MoaData
+from .errors import ConfigError, MoaTuneError
+from .folds import Folds
+from .io import write_json, write_text
+from .search_space import SearchSpace
+from .stages import Predictions
+from .sweep_spec import SweepSpec, parse_sweep
+from .train import CVResult, FoldReport, cross_validate
+
+__all__ = ["SweepResult", "run_sweep", "trainable"]
+
+log = logging.getLogger(__name__)
+METRIC = "loss"
+MODE = "min"
+DONE_MARKER = "done.json"
+CHECKPOINT_FILE = "folds_done.npz"
+
+
+# --------------------------------------------------------------------------------------------
+# the trainable
+
+
+def _save_reports(directory: str, reports: Sequence[FoldReport]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for r in reports:
+        arrays[f"valid_{r.fold}"] = r.valid_pred
+        if r.test_pred is not None:
+            arrays[f"test_{r.fold}"] = r.test_pred
+        meta.append({"fold": r.fold, "loss": r.loss, "best_epoch": r.best_epoch, "seconds": r.seconds})
+    np.savez(os.path.join(directory, CHECKPOINT_FILE), **arrays, meta=np.array(json.dumps(meta)))
+
+
+def _load_reports(directory: str, folds: Folds) -> list[FoldReport]:
+    with np.load(os.path.join(directory, CHECKPOINT_FILE), allow_pickle=False) as archive:
+        meta = json.loads(str(archive["meta"]))
+        splits = list(folds.split())
+        reports = []
+        for i, m in enumerate(meta):
+            k = m["fold"]
+            test = archive[f"test_{k}"] if f"test_{k}" in archive.files else None
+            running = float(np.mean([x["loss"] for x in meta[:i + 1]]))
+            reports.append(FoldReport(k, m["loss"], running, i + 1, folds.n_splits, splits[k][1], archive[f"valid_{k}"],
+                                      test, m["best_epoch"], m["seconds"]))
+    return reports
+
+
+def trial_config(flat: Mapping[str, Any], fixed: Mapping[str, Any], stage: str, threads: int | None) -> dict[str, Any]:
+    """The nested config of a trial: sampled values, then the sweep's fixed values, stage and threads."""
+    from .config import set_path
+
+    config: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not key.startswith("search."):
+            set_path(config, key, value)
+    for key, value in fixed.items():
+        set_path(config, key, value)
+    config["stage"] = stage
+    if threads and "num_threads" not in config.get("train", {}):
+        set_path(config, "train.num_threads", threads)
+    return config
+
+
+def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions | None,
+              fixed: Mapping[str, Any], stage: str, threads: int | None) -> None:
+    """One Tune trial: cross-validate, reporting after every fold, resuming from a checkpoint."""
+    nested = trial_config(config, fixed, stage, threads)
+    resume: list[FoldReport] = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = _load_reports(directory, folds)
+    reports = list(resume)
+    node = ray.get_runtime_context().get_node_id()
+    for event in cross_validate(nested, data, folds, inputs, resume=resume):
+        if not isinstance(event, FoldReport):
+            continue
+        reports.append(event)
+        with tempfile.TemporaryDirectory() as directory:
+            _save_reports(directory, reports)
+            tune.report({METRIC: event.running_loss, "fold_loss": event.loss, "folds_done": event.folds_done,
+                         "fold_losses": ",".join(f"{r.loss:.8f}" for r in reports), "node": node,
+                         "n_folds": folds.n_splits},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+
+
+class TrialLines(tune.Callback):
+    """A line per finished trial (completed, pruned or errored) and the best so far.
+
+    Module-level (not a closure) because Tune pickles callbacks with the experiment state.
+    """
+
+    def __init__(self, label: str, n_folds: int, emit: Callable[[str], None] = print) -> None:
+        self.label, self.n_folds, self.emit = label, n_folds, emit
+        self.best = math.inf
+
+    def _line(self, trial: Any, state: str) -> None:
+        result = trial.last_result or {}
+        done = int(result.get("folds_done", 0))
+        loss = result.get(METRIC)
+        if state == "completed" and done < self.n_folds:
+            state = "pruned"
+        if state == "completed" and loss is not None:
+            self.best = min(self.best, loss)
+        shown = f"{loss:.6f}" if loss is not None else "-"
+        best = f"{self.best:.6f}" if math.isfinite(self.best) else "-"
+        self.emit(f"[{self.label}] trial {trial.trial_id} {state:9s} {done}/{self.n_folds} folds  "
+                  f"loss {shown}  best {best}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "completed")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, "errored")
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: its folder, every trial, and the best predictions per stage x family."""
+
+    path: Path
+    trials: pd.DataFrame
+    best: dict[tuple[str, str], dict[str, Any]]
+
+
+def _quiet() -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AIR_TUNE_OUTPUT", "1")
+    # each fold checkpoints (that is what lets a trial resume at its next fold); Tune warns about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when we started it."""
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+        return True
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    return True
+
+
+def _concurrency(spec: SweepSpec) -> int:
+    if spec.max_concurrent:
+        return spec.max_concurrent
+    available = ray.cluster_resources()
+    slots = int(available.get("CPU", 1) // spec.resources["cpu"])
+    if spec.resources["gpu"] > 0:
+        slots = min(slots, int(available.get("GPU", 0) // spec.resources["gpu"]))
+    return max(1, slots)
+
+
+def _trial_rows(grid, stage: str, family: str, n_folds: int) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = {k: v for k, v in (result.config or {}).items() if k != "family"}
+        done = int(metrics.get("folds_done", 0))
+        if result.error is not None:
+            state = "errored"
+        elif done >= n_folds:
+            state = "completed"
+        else:
+            state = "pruned"
+        fold_losses = [float(x) for x in str(metrics.get("fold_losses", "")).split(",") if x]
+        row = {"stage": stage, "family": family, "trial_id": metrics.get("trial_id") or Path(result.path).name,
+               "state": state, "loss": metrics.get(METRIC), "folds_done": done,
+               "time_s": metrics.get("time_total_s"), "node": metrics.get("node"),
+               "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
+               "path": result.path}
+        for k in range(n_folds):
+            row[f"fold_{k}_loss"] = fold_losses[k] if k < len(fold_losses) else None
+        row.update({f"param.{k}": v for k, v in sorted(config.items())})
+        rows.append(row)
+    return rows
+
+
+def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaData, stage: str,
+                      family: str) -> tuple[Predictions, dict[str, Any]] | None:
+    """Predictions of the best trial that completed every fold (pruned means are not comparable)."""
+    from .stages import fold_fingerprint
+
+    completed = [(r, res) for r, res in zip(rows, grid) if r["state"] == "completed" and res.checkpoint is not None]
+    if not completed:
+        return None
+    row, result = min(completed, key=lambda pair: pair[0]["loss"])
+    with result.checkpoint.as_directory() as directory:
+        reports = _load_reports(directory, folds)
+    oof = np.zeros((len(data.train), reports[0].valid_pred.shape[1]), dtype=np.float32)
+    for r in reports:
+        oof[r.valid_rows] = r.valid_pred
+    test = None
+    if data.test is not None:
+        test = np.mean([r.test_pred for r in reports], axis=0).astype(np.float32)
+        if not folds.keep_controls:
+            test[data.test.is_control] = 0.0
+    columns = data.nonscored_columns if stage == "stage1" else data.scored_columns
+    predictions = Predictions(oof, test, tuple(columns), fold_fingerprint(folds), stage, family)
+    return predictions, {"trial_id": row["trial_id"], "loss": row["loss"], "config": result.config}
+
+
+def _stage_inputs(mode: str, previous: Mapping[str, tuple[Predictions, dict]]) -> Predictions | None:
+    if not previous:
+        return None
+    if mode == "best":
+        return min(previous.values(), key=lambda pair: pair[1]["loss"])[0]
+    return Predictions.concat([previous[f][0] for f in sorted(previous)])
+
+
+def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address: str | None = None,
+              storage: str | None = None, resume: bool = False, num_cpus: int | None = None,
+              emit: Callable[[str], None] = print) -> SweepResult:
+    """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    from . import __version__
+    from .folds import make_folds
+
+    _quiet()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    folds_path = out / "folds.npz"
+    if resume and folds_path.exists():
+        folds = Folds.load(folds_path)
+        folds.check(data)
+    else:
+        f = spec.folds
+        folds = make_folds(data, f["n_splits"], f["scheme"], f["seed"], f["threshold"], f["keep_controls"])
+        folds.save(folds_path)
+    recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if data.source else spec.data,
+                "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__}}
+    write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
+    storage_root = storage.rstrip("/") + "/" + spec.name if storage else str(out)
+
+    started = _init_ray(address, num_cpus)
+    try:
+        concurrency = _concurrency(spec)
+        threads = max(1, int(spec.resources["cpu"]))
+        all_rows: list[dict[str, Any]] = []
+        best: dict[tuple[str, str], dict[str, Any]] = {}
+        previous: dict[str, tuple[Predictions, dict]] = {}
+        for stage_spec in spec.stages:
+            inputs = _stage_inputs(stage_spec.inputs, previous) if stage_spec.stage in ("stage2", "stage3") else None
+            current: dict[str, tuple[Predictions, dict]] = {}
+            for family in stage_spec.families:
+                label = f"{stage_spec.stage}/{family}"
+                local_dir = out / stage_spec.stage / family
+                best_dir = local_dir / "best"
+                if resume and (local_dir / DONE_MARKER).exists():
+                    emit(f"[{label}] already finished; kept")
+                    rows = json.loads((local_dir / DONE_MARKER).read_text())["trials"]
+                    all_rows.extend(rows)
+                    if (best_dir / "predictions.json").exists():
+                        meta = json.loads((best_dir / "best.json").read_text())
+                        current[family] = (Predictions.load(best_dir), meta)
+                        best[(stage_spec.stage, family)] = meta
+                    continue
+                space: SearchSpace = spec.spaces[family]
+                run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed,
+                                           stage=stage_spec.stage, threads=threads)
+                run = tune.with_resources(run, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+                experiment_path = f"{storage_root}/{stage_spec.stage}/{family}"
+                if resume and tune.Tuner.can_restore(experiment_path):
+                    emit(f"[{label}] resuming {experiment_path}")
+                    tuner = tune.Tuner.restore(experiment_path, trainable=run, resume_errored=True)
+                else:
+                    searcher = OptunaSearch(space=space, metric=METRIC, mode=MODE,
+                                            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                                            points_to_evaluate=spec.points_to_evaluate.get(family) or None)
+                    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=folds.n_splits,
+                                              grace_period=spec.asha["grace_period"],
+                                              reduction_factor=spec.asha["reduction_factor"])
+                    tuner = tune.Tuner(
+                        run,
+                        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
+                            searcher, max_concurrent=concurrency), scheduler=scheduler,
+                            num_samples=stage_spec.trials, time_budget_s=spec.time_budget_s, reuse_actors=True),
+                        run_config=tune.RunConfig(
+                            name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0,
+                            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                            callbacks=[TrialLines(label, folds.n_splits, emit)]),
+                    )
+                    emit(f"[{label}] {stage_spec.trials} trials, up to {concurrency} at once, "
+                         f"{folds.n_splits} folds each")
+                grid = tuner.fit()
+                rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits)
+                all_rows.extend(rows)
+                picked = _best_predictions(grid, rows, folds, data, stage_spec.stage, family)
+                local_dir.mkdir(parents=True, exist_ok=True)
+                if picked is not None:
+                    predictions, meta = picked
+                    predictions.save(best_dir)
+                    write_json(best_dir / "best.json", meta)
+                    write_text(best_dir / "config.yaml", yaml.safe_dump(
+                        trial_config(meta["config"], spec.fixed, stage_spec.stage, None), sort_keys=False))
+                    current[family] = picked
+                    best[(stage_spec.stage, family)] = meta
+                    emit(f"[{label}] best {meta['loss']:.6f} (trial {meta['trial_id']})")
+                else:
+                    emit(f"[{label}] no trial completed every fold")
+                write_json(local_dir / DONE_MARKER, {"trials": rows, "finished": time.time()})
+                _write_trials(out, all_rows)
+            if stage_spec.stage in ("stage1", "stage2") and not current:
+                raise MoaTuneError(f"stage '{stage_spec.stage}' produced no completed trial; the next stage needs one")
+            previous = current
+        trials = _write_trials(out, all_rows)
+        return SweepResult(out, trials, best)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _write_trials(out: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    from .io import atomic_file
+
+    with atomic_file(out / "trials.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def load_sweep_data(spec: SweepSpec, data_dir: str | os.PathLike | None) -> MoaData:
+    """The data of a sweep: ``--data DIR`` if given, else what the sweep file names."""
+    from .data import load
+    from .synth import generate
+
+    if data_dir is not None:
+        return load(data_dir)
+    if isinstance(spec.data, str):
+        base = Path(spec.source).resolve().parent
+        path = Path(spec.data)
+        return load(path if path.is_absolute() else base / path)
+    return generate(spec.data["synth"], seed=spec.data["seed"])
+
+
+def resume_spec(path: str | os.PathLike) -> SweepSpec:
+    """The sweep file as recorded in ``results/<sweep>/sweep.yaml``."""
+    from .config import read_yaml
+
+    path = Path(path)
+    recorded = path / "sweep.yaml"
+    if not recorded.is_file():
+        raise ConfigError(f"{path}: no sweep.yaml here; give the folder of a sweep (results/<sweep-name>)")
+    raw = read_yaml(recorded)
+    raw.pop("_versions", None)
+    from .sweep_spec import SEARCH_SPACES
+
+    return parse_sweep(raw, str(recorded), SEARCH_SPACES / "sweeps")
