@@ -121,6 +121,11 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Tune's default repeats the whole config in the name)."""
+    return f"trial_{trial.trial_id}"
+
+
 # --------------------------------------------------------------------------------------------
 # progress
 
@@ -311,7 +316,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         best[(stage_spec.stage, family)] = meta
                     continue
                 space: SearchSpace = spec.spaces[family]
-                run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed,
+                run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed_for(family),
                                            stage=stage_spec.stage, threads=threads)
                 run = tune.with_resources(run, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
                 experiment_path = f"{storage_root}/{stage_spec.stage}/{family}"
@@ -329,7 +334,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         run,
                         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
                             searcher, max_concurrent=concurrency), scheduler=scheduler,
-                            num_samples=stage_spec.trials, time_budget_s=spec.time_budget_s, reuse_actors=True),
+                            num_samples=stage_spec.trials, time_budget_s=spec.time_budget_s, reuse_actors=True,
+                            trial_dirname_creator=trial_dirname),
                         run_config=tune.RunConfig(
                             name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0,
                             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -348,7 +354,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     predictions.save(best_dir)
                     write_json(best_dir / "best.json", meta)
                     write_text(best_dir / "config.yaml", yaml.safe_dump(
-                        trial_config(meta["config"], spec.fixed, stage_spec.stage, None), sort_keys=False))
+                        trial_config(meta["config"], spec.fixed_for(family), stage_spec.stage, None), sort_keys=False))
                     current[family] = picked
                     best[(stage_spec.stage, family)] = meta
                     emit(f"[{label}] best {meta['loss']:.6f} (trial {meta['trial_id']})")

@@ -13,7 +13,8 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
     resources: {cpu: 1, gpu: 0}            # per trial; gpu may be fractional (0.25 packs four on one GPU)
     max_concurrent: null                   # default: what the cluster's resources allow
     max_failures: 1                        # retries of a failed trial (Tune's FailureConfig)
-    fixed: {train.epochs: 15}              # values every trial gets, after its sampled ones
+    fixed: {train.epochs: 15, mlp: {model.hidden_size: 512}}   # values trials get after sampling;
+                                           # a family name holds values for that family only
     stages:
       - {stage: stage1, families: [mlp], trials: 8}
       - {stage: stage2, families: [mlp, resnet2head], trials: 8, inputs: best}
@@ -86,6 +87,13 @@ class SweepSpec:
     points_to_evaluate: dict[str, list[dict[str, Any]]]
     source: str
     raw: dict[str, Any] = field(repr=False)
+
+    def fixed_for(self, family: str) -> dict[str, Any]:
+        """The fixed values of ``family``'s trials: the common ones, then the family's own."""
+        from .models import FAMILIES
+
+        common = {k: v for k, v in self.fixed.items() if k not in FAMILIES}
+        return {**common, **dict(self.fixed.get(family) or {})}
 
     def experiments(self) -> list[tuple[str, str]]:
         """(stage, family) of every experiment, in the order they run."""
@@ -205,14 +213,19 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
         spaces[family] = space
 
     # fixed values must be valid for every family they reach (resolved on the family's defaults)
+    for key, value in fixed.items():
+        if key in FAMILIES and not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: 'fixed.{key}' must map dotted parameter names to values for family '{key}'")
     for family in spaces:
         probe: dict[str, Any] = {"family": family}
+        values = {k: v for k, v in fixed.items() if k not in FAMILIES}
+        values.update(fixed.get(family) or {})
         try:
-            for key, value in fixed.items():
+            for key, value in values.items():
                 set_path(probe, str(key), value)
             resolve_config(probe)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: 'fixed': {exc}") from None
+            raise ConfigError(f"{source}: 'fixed' ({family}): {exc}") from None
 
     points = raw.get("points_to_evaluate") or {}
     if not isinstance(points, Mapping):

@@ -1,0 +1,110 @@
+"""The sweep engine on a real local Ray: fold-level ASHA, stage chaining, several nodes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from moa_tune.folds import Folds
+from moa_tune.stages import Predictions
+from moa_tune.sweep import run_sweep, trial_config
+from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+from moa_tune.train import run_training
+
+pytestmark = pytest.mark.slow
+
+FIXED = {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64, "mlp": {"model.hidden_size": 32}}
+
+
+def spec_for(stages: list[dict], **extra) -> object:
+    raw = {"name": "t", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3}, "fixed": FIXED,
+           "resources": {"cpu": 1}, "stages": stages, **extra}
+    return parse_sweep(raw, "<test sweep>", SEARCH_SPACES / "sweeps")
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs, token auth as Ray sets it up) for the tests of this module."""
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():  # ray.init sets RAY_AUTH_MODE=token in the driver's environment
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_asha_prunes_after_the_first_fold_and_lets_others_finish(local_ray, tiny, tmp_path: Path) -> None:
+    data, _ = tiny
+    spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 10}],
+                    asha={"grace_period": 1, "reduction_factor": 3}, seed=1)
+    lines: list[str] = []
+    result = run_sweep(spec, data, tmp_path / "t", emit=lines.append)
+    trials = pd.read_csv(tmp_path / "t" / "trials.csv")
+    assert len(trials) == 10 and trials.trial_id.is_unique
+    completed = trials[trials.state == "completed"]
+    pruned = trials[trials.state == "pruned"]
+    assert len(completed) >= 1 and len(pruned) >= 1, trials[["state", "folds_done", "loss"]]
+    assert (completed.folds_done == 3).all() and (pruned.folds_done < 3).all()
+    assert completed[["fold_0_loss", "fold_1_loss", "fold_2_loss"]].notna().all().all()
+    assert pruned.fold_2_loss.isna().all()
+    assert any("pruned" in line for line in lines) and any("completed" in line for line in lines)
+    best_dir = tmp_path / "t" / "direct" / "linear" / "best"
+    best = Predictions.load(best_dir)
+    assert best.oof.shape == data.scored.shape
+    assert result.best[("direct", "linear")]["loss"] == pytest.approx(completed.loss.min())
+    assert {c for c in trials.columns if c.startswith("param.")} >= {"param.train.lr", "param.model.input_dropout"}
+
+
+def test_stage2_receives_the_stage1_predictions(local_ray, tiny, tmp_path: Path) -> None:
+    data, _ = tiny
+    spec = spec_for([{"stage": "stage1", "families": ["linear"], "trials": 2},
+                     {"stage": "stage2", "families": ["linear"], "trials": 2}],
+                    asha={"grace_period": 3, "reduction_factor": 2})
+    run_sweep(spec, data, tmp_path / "s", emit=lambda line: None)
+    out = tmp_path / "s"
+    stage1 = Predictions.load(out / "stage1" / "linear" / "best")
+    assert stage1.columns == data.nonscored_columns and stage1.stage == "stage1"
+    stage2 = Predictions.load(out / "stage2" / "linear" / "best")
+    folds = Folds.load(out / "folds.npz")
+    best = __import__("json").loads((out / "stage2" / "linear" / "best" / "best.json").read_text())
+    config = trial_config(best["config"], spec.fixed_for("linear"), "stage2", 1)
+    # retraining the best stage-2 config here with the stage-1 predictions reproduces the sweep's result ...
+    again = run_training(config, data, folds, [stage1])
+    np.testing.assert_allclose(again.oof, stage2.oof, atol=1e-5)
+    # ... and with other inputs it does not, so the sweep really fed stage 1 into stage 2
+    shuffled = Predictions(stage1.oof[::-1].copy(), stage1.test, stage1.columns, stage1.folds)
+    other = run_training(config, data, folds, [shuffled])
+    assert np.abs(other.oof - stage2.oof).max() > 1e-3
+
+
+def test_trials_spread_over_several_nodes(tiny, tmp_path: Path, monkeypatch) -> None:
+    from ray.cluster_utils import Cluster
+
+    data, _ = tiny
+    if ray.is_initialized():
+        ray.shutdown()
+    # a previous ray.init leaves RAY_AUTH_MODE=token in this process; Cluster's nodes run without a token
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 6}],
+                        asha={"grace_period": 3, "reduction_factor": 2})
+        run_sweep(spec, data, tmp_path / "n", address=cluster.address, emit=lambda line: None)
+        trials = pd.read_csv(tmp_path / "n" / "trials.csv")
+        assert len(trials) == 6 and (trials.state == "completed").all()
+        assert trials.node.nunique() > 1, trials.node
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
