@@ -85,26 +85,39 @@ def test_stage2_receives_the_stage1_predictions(local_ray, tiny, tmp_path: Path)
     assert np.abs(other.oof - stage2.oof).max() > 1e-3
 
 
-def test_trials_spread_over_several_nodes(tiny, tmp_path: Path, monkeypatch) -> None:
-    from ray.cluster_utils import Cluster
+NODES_SCRIPT = """
+import sys
+from ray.cluster_utils import Cluster
+from moa_tune.sweep import run_sweep
+from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+from moa_tune.synth import generate
 
-    data, _ = tiny
-    if ray.is_initialized():
-        ray.shutdown()
-    # a previous ray.init leaves RAY_AUTH_MODE=token in this process; Cluster's nodes run without a token
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 6}],
-                        asha={"grace_period": 3, "reduction_factor": 2})
-        run_sweep(spec, data, tmp_path / "n", address=cluster.address, emit=lambda line: None)
-        trials = pd.read_csv(tmp_path / "n" / "trials.csv")
-        assert len(trials) == 6 and (trials.state == "completed").all()
-        assert trials.node.nunique() > 1, trials.node
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    raw = {"name": "n", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
+           "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64},
+           "asha": {"grace_period": 3}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 6}]}
+    spec = parse_sweep(raw, "<nodes>", SEARCH_SPACES / "sweeps")
+    run_sweep(spec, generate("tiny", seed=0), sys.argv[1], address=cluster.address, emit=print)
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
+    """A head and two workers of one CPU each (ray.cluster_utils.Cluster), in a fresh process."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Cluster's nodes run without a token
+    done = subprocess.run([sys.executable, "-c", NODES_SCRIPT, str(tmp_path / "n")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "n" / "trials.csv")
+    assert len(trials) == 6 and (trials.state == "completed").all(), trials[["state", "error"]]
+    assert trials.node.nunique() > 1, trials.node
