@@ -287,7 +287,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         f = spec.folds
         folds = make_folds(data, f["n_splits"], f["scheme"], f["seed"], f["threshold"], f["keep_controls"])
         folds.save(folds_path)
-    recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if data.source else spec.data,
+    from_disk = data.source is not None and Path(data.source).is_dir()
+    recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if from_disk else spec.data,
                 "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__}}
     write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
     storage_root = storage.rstrip("/") + "/" + spec.name if storage else str(out)
