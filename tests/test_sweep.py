@@ -121,3 +121,28 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
     trials = pd.read_csv(tmp_path / "n" / "trials.csv")
     assert len(trials) == 6 and (trials.state == "completed").all(), trials[["state", "error"]]
     assert trials.node.nunique() > 1, trials.node
+
+
+def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ray, tiny, tmp_path: Path) -> None:
+    import torch
+    import yaml as _yaml
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA: train.device=cuda is the failure used here")
+    data, _ = tiny
+    space = tmp_path / "linear.yaml"
+    space.write_text(_yaml.safe_dump({"family": "linear", "params": {
+        "train.device": {"type": "categorical", "choices": ["cpu", "cuda"]},
+        "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
+    spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 6}], search_spaces={"linear": str(space)},
+                    max_failures=1, asha={"grace_period": 3}, seed=3)
+    storage = tmp_path / "shared-storage"
+    run_sweep(spec, data, tmp_path / "f", storage=str(storage), emit=lambda line: None)
+    trials = pd.read_csv(tmp_path / "f" / "trials.csv")
+    errored = trials[trials.state == "errored"]
+    assert len(trials) == 6 and len(errored) >= 1 and (trials.state == "completed").any()
+    assert errored.error.str.contains("no CUDA device").all()
+    assert (errored["param.train.device"] == "cuda").all()
+    # the experiments live in --storage; the summary and best predictions stay under results/<name>
+    assert (storage / "t" / "direct" / "linear").is_dir()
+    assert (tmp_path / "f" / "direct" / "linear" / "best" / "oof.npy").exists()
