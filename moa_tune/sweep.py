@@ -183,13 +183,40 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def prepare_token_auth(starting_local: bool) -> None:
+    """Make token authentication explicit, so Ray neither warns nor leaves clients without the token.
+
+    A new local cluster turns token auth on by itself (and warns); here a token is created first when
+    none exists (``~/.ray/auth_token``, as ``ray get-auth-token --generate`` does) and
+    ``RAY_AUTH_MODE=token`` is set. A client of an existing cluster gets ``RAY_AUTH_MODE=token`` when a
+    token is available, since ``ray.init("host:port")`` ignores the token otherwise. An explicit
+    ``RAY_AUTH_MODE`` (``disabled`` included) is always respected.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    if not _token_available() and not starting_local:
+        return
+    # Ray's own helpers (what ray.init does for a new cluster, minus the warning); the RayConfig that
+    # `import ray` cached must be refreshed after RAY_AUTH_MODE changes, which _enable_token_auth does.
+    from ray._private.authentication import authentication_token_setup as setup
+
+    if not _token_available():
+        setup.generate_and_save_token()
+    setup._enable_token_auth()
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when we started it."""
-
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    prepare_token_auth(starting_local=not address)
     if address:
         ray.init(address=address, **kwargs)
         return True
