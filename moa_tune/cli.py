@@ -271,6 +271,7 @@ def sweep(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Resume the interrupted sweep in this folder."),
     results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of sweep folders."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+    force: bool = typer.Option(False, "--force", help="Delete an earlier sweep of the same name first."),
 ) -> None:
     """Tune every family x stage of a sweep file on Ray Tune (OptunaSearch + fold-level ASHA)."""
     from dataclasses import replace
@@ -290,9 +291,13 @@ def sweep(
         if name is not None:
             spec = replace(spec, name=name)
         out_path = results / spec.name
+        if force and out_path.exists():
+            import shutil
+
+            shutil.rmtree(out_path)
         if (out_path / "sweep.yaml").exists():
             raise ConfigError(f"{out_path}: a sweep named '{spec.name}' is already here; "
-                              f"resume it with --resume {out_path}, or choose another --name")
+                              f"resume it with --resume {out_path}, replace it with --force, or choose another --name")
     from .sweep import load_sweep_data, run_sweep
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
