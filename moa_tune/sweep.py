@@ -109,6 +109,7 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
             resume = _load_reports(directory, folds)
     reports = list(resume)
     node = ray.get_runtime_context().get_node_id()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())  # a fractional GPU shows as the id it shares
     for event in cross_validate(nested, data, folds, inputs, resume=resume):
         if not isinstance(event, FoldReport):
             continue
@@ -116,7 +117,7 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
         with tempfile.TemporaryDirectory() as directory:
             _save_reports(directory, reports)
             tune.report({METRIC: event.running_loss, "fold_loss": event.loss, "folds_done": event.folds_done,
-                         "fold_losses": ",".join(f"{r.loss:.8f}" for r in reports), "node": node,
+                         "fold_losses": ",".join(f"{r.loss:.8f}" for r in reports), "node": node, "gpus": gpus,
                          "n_folds": folds.n_splits},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -234,6 +235,17 @@ def _concurrency(spec: SweepSpec) -> int:
     return max(1, slots)
 
 
+def check_resources(spec: SweepSpec) -> None:
+    """Fail before any trial when the cluster cannot hold one trial (Tune would wait forever)."""
+    available = ray.cluster_resources()
+    for kind, key in (("cpu", "CPU"), ("gpu", "GPU")):
+        need = spec.resources[kind]
+        have = available.get(key, 0)
+        if need > have:
+            raise ConfigError(f"{spec.source}: 'resources.{kind}' asks for {need:g} {key} per trial but the Ray "
+                              f"cluster has {have:g} (lower it, or add nodes with {key}s)")
+
+
 def _trial_rows(grid, stage: str, family: str, n_folds: int) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
@@ -249,7 +261,7 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int) -> list[dict[str, A
         fold_losses = [float(x) for x in str(metrics.get("fold_losses", "")).split(",") if x]
         row = {"stage": stage, "family": family, "trial_id": metrics.get("trial_id") or Path(result.path).name,
                "state": state, "loss": metrics.get(METRIC), "folds_done": done,
-               "time_s": metrics.get("time_total_s"), "node": metrics.get("node"),
+               "time_s": metrics.get("time_total_s"), "node": metrics.get("node"), "gpus": metrics.get("gpus"),
                "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
                "path": result.path}
         for k in range(n_folds):
@@ -322,6 +334,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
 
     started = _init_ray(address, num_cpus)
     try:
+        check_resources(spec)
         concurrency = _concurrency(spec)
         threads = max(1, int(spec.resources["cpu"]))
         all_rows: list[dict[str, Any]] = []

@@ -92,7 +92,8 @@ class SweepSpec:
         """The fixed values of ``family``'s trials: the common ones, then the family's own."""
         from .models import FAMILIES
 
-        common = {k: v for k, v in self.fixed.items() if k not in FAMILIES}
+        common = {"train.seed": self.seeds[0]}
+        common.update({k: v for k, v in self.fixed.items() if k not in FAMILIES})
         return {**common, **dict(self.fixed.get(family) or {})}
 
     def experiments(self) -> list[tuple[str, str]]:

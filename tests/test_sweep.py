@@ -146,3 +146,65 @@ def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ra
     # the experiments live in --storage; the summary and best predictions stay under results/<name>
     assert (storage / "t" / "direct" / "linear").is_dir()
     assert (tmp_path / "f" / "direct" / "linear" / "best" / "oof.npy").exists()
+
+
+def test_checkpoint_of_finished_folds_round_trips(tiny, tmp_path: Path) -> None:
+    from moa_tune.sweep import _load_reports, _save_reports
+    from moa_tune.train import FoldReport, cross_validate
+
+    data, folds = tiny
+    reports = [e for e in cross_validate({"family": "linear", "train": {"epochs": 2}}, data, folds)
+               if isinstance(e, FoldReport)][:2]
+    _save_reports(str(tmp_path), reports)
+    back = _load_reports(str(tmp_path), folds)
+    assert [r.fold for r in back] == [0, 1]
+    for a, b in zip(reports, back):
+        np.testing.assert_array_equal(a.valid_pred, b.valid_pred)
+        np.testing.assert_array_equal(a.valid_rows, b.valid_rows)
+        assert a.loss == b.loss and a.running_loss == pytest.approx(b.running_loss)
+    # a trial restarted from this checkpoint trains only the fold that is left
+    rest = [e for e in cross_validate({"family": "linear", "train": {"epochs": 2}}, data, folds, resume=back)
+            if isinstance(e, FoldReport)]
+    assert [r.fold for r in rest] == [2] and rest[0].folds_done == 3
+
+
+GPU_SCRIPT = """
+import sys
+import pandas as pd
+import ray
+from moa_tune import ConfigError
+from moa_tune.sweep import _concurrency, run_sweep
+from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+from moa_tune.synth import generate
+
+def spec(resources, trials):
+    raw = {"name": "g", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3}, "asha": {"grace_period": 3},
+           "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64}, "resources": resources,
+           "stages": [{"stage": "direct", "families": ["linear"], "trials": trials}]}
+    return parse_sweep(raw, "<gpu sweep>", SEARCH_SPACES / "sweeps")
+
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    packed = spec({"cpu": 0.5, "gpu": 0.25}, 4)
+    assert _concurrency(packed) == 4, _concurrency(packed)
+    run_sweep(packed, generate("tiny", seed=0), sys.argv[1] + "/g", emit=print)
+    try:
+        run_sweep(spec({"gpu": 2}, 1), generate("tiny", seed=0), sys.argv[1] + "/h", emit=print)
+    except ConfigError as exc:
+        print("REFUSED:", exc)
+finally:
+    ray.shutdown()
+"""
+
+
+def test_fractional_gpus_pack_trials_and_missing_gpus_fail_early(tmp_path: Path) -> None:
+    """0.25 GPU per trial: four trials share one GPU (a logical one here: no CUDA on CI). Fresh process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "g" / "trials.csv", dtype={"gpus": str})
+    assert len(trials) == 4 and (trials.state == "completed").all() and (trials.gpus == "0").all()
+    assert "REFUSED: <gpu sweep>: 'resources.gpu' asks for 2 GPU per trial but the Ray cluster has 1" in done.stdout
