@@ -73,7 +73,10 @@ def test_resume_skips_done_folds(tiny) -> None:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_learns_on_tiny(tiny, family: str) -> None:
     data, folds = tiny
-    _, result = run({"family": family, "train": {"epochs": 20, "batch_size": 32, "early_stopping": 0}}, data, folds)
+    # 400 training rows: the 2-head ResNet (no dropout by default) needs a gentler peak rate than the others
+    lr = {"resnet2head": 3e-3}.get(family, 1e-2)
+    _, result = run({"family": family, "train": {"epochs": 20, "batch_size": 32, "early_stopping": 0, "lr": lr}},
+                    data, folds)
     used = folds.used
     prior = log_loss(data.scored[used], prior_predictions(data.scored[used], int(used.sum())))
     assert result.predictions.columns == data.scored_columns
