@@ -142,6 +142,8 @@ def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ra
     errored = trials[trials.state == "errored"]
     assert len(trials) == 6 and len(errored) >= 1 and (trials.state == "completed").any()
     assert errored.error.str.contains("no CUDA device").all()
+    for path in errored.path:  # FailureConfig(max_failures=1): each failing trial ran twice before giving up
+        assert (Path(path) / "error.txt").read_text().count("Failure #") == 2
     assert (errored["param.train.device"] == "cuda").all()
     # the experiments live in --storage; the summary and best predictions stay under results/<name>
     assert (storage / "t" / "direct" / "linear").is_dir()
