@@ -6,51 +6,63 @@ is must survive the substitution, otherwise what wins on synthetic data need not
 
 * **Drugs and replicates.** A drug is profiled in several rows: one per ``cp_time`` (24/48/72 h) x
   ``cp_dose`` (D1/D2), so usually 6 rows, sometimes 12 or 18, a few broken sets (1, 5, 7 rows), and
-  a handful of *frequent* reference compounds with hundreds of rows. About 7.8 % of the rows are
-  vehicle controls (``ctl_vehicle``, one drug id ``cacb2b860``) with all targets zero. Every drug has
-  one label vector across all its rows. Cross-validation must group replicates of a drug, exactly as
-  on the real data.
-* **Labels.** Very sparse and heavy-tailed: about 0.7 scored labels per row (0.34 % of the cells at
-  206 targets), ~39 % rows without any scored label, some targets with a handful of positives, a
-  few rows with 2-7 labels. Targets belong to *latent mechanism families*; nonscored targets are
-  members of the same families as scored ones, a drug sometimes carries a second label from the
-  same family, and family members share most of their signature. So the nonscored labels explain
-  signals a model would otherwise attribute to a scored target, and knowing them helps.
-* **Gene expression.** Genes load on a few latent pathways (correlated blocks) plus heavy-tailed
-  noise; values clip at +-10 like the real (robust z-scored) data. A drug's effect is the sum of its
-  mechanisms' signatures scaled by a potency (many annotated drugs are nearly inactive), plus
-  unannotated off-target mechanisms and drug-specific noise; replicates share the drug effect and
-  add row noise. Dose (D2 > D1) and time (72 > 48 > 24 h) scale the effect; every time x dose plate
-  adds a mild batch shift, the only structure in controls.
+  a handful of *frequent* reference compounds with hundreds of rows (row counts drawn from the real
+  histogram). About 7.8 % of the rows are vehicle controls (``ctl_vehicle``, one drug id
+  ``cacb2b860``) with all targets zero. Every drug has one label vector across all its rows, so
+  cross-validation must keep a drug's replicates together, exactly as on the real data.
+* **Labels.** Very sparse and heavy-tailed: about 0.7 scored labels per row (0.33 % of the cells at
+  206 targets), ~39 % rows without a scored label, target frequencies lognormal (a few common
+  MoAs, many with one or two drugs), a few multi-label rows (2-4 labels), ~18 % of the nonscored
+  columns empty. Every scored target has at least one train drug, as in the real data.
+* **Nonscored targets share mechanisms with scored ones.** Targets belong to latent mechanism
+  families whose members share most of their signature. Every nonscored target has a scored
+  relative in its family and is either a *look-alike* (same signature; its drugs look like the
+  relative's and only the nonscored label tells them apart, like ``erbb2_inhibitor`` next to
+  ``egfr_inhibitor``) or a *partner* (co-labelled: drugs of the scored target often hit it too).
+  Knowing the nonscored labels therefore helps predict the scored ones.
+* **Gene expression.** Genes load on latent pathways (correlated gene blocks) plus heavy-tailed
+  noise; values have roughly unit spread and clip at +-10 like the real (robust z-scored) data. A
+  drug's effect is the sum of its mechanisms' signatures times a lognormal potency (a quarter of
+  the annotated drug-mechanism pairs are nearly inactive, as many real compounds are), plus
+  unannotated "orphan" mechanisms and drug-specific noise; replicates share the drug effect and add
+  row noise. Dose (D2 > D1) and time (72 > 48 > 24 h) scale the effect; every time x dose plate adds
+  a mild batch shift, the only structure in controls.
 * **Cell viability.** Cytotoxic mechanisms kill all cell lines at once: viability is a saturating
   function of the drug's toxicity, strongly correlated across cells, floored at -10, mostly near 0
-  with a long negative tail and a soft upper tail near 4.
-* **Non-linearity.** Some mechanism families act in either direction along their pathway (the sign
-  is a hidden property of the drug, as for feedback loops or agonist/inverse-agonist binding modes):
-  the class-conditional mean along such a signature is zero, so a linear model cannot see it, while
-  a network learns ``|projection|``. Saturating toxicity and the +-10 clip add further curvature.
-  A neural net therefore beats logistic regression, as on the real data.
+  with a long negative tail and a soft upper tail below 4.5.
+* **Non-linearity.** Half of the mechanism families act in either direction along their pathway
+  (the sign is a hidden property of the drug, as with feedback loops or agonist/inverse-agonist
+  binding modes): the class-conditional mean along such a signature is zero, so a linear model
+  cannot see it, while a network learns ``|projection|``. Saturating toxicity and the +-10 clip add
+  further curvature. A neural net therefore beats logistic regression, as on the real data.
+
+``bench/synth_structure.py`` checks the consequences: with drug-grouped cross-validation the
+constant prior loses to logistic regression, which loses to an MLP, which loses to the same MLP
+given the true nonscored labels.
 
 Two modes:
 
 ``generate("small", seed)``
     Everything synthetic. Target names, families and column order depend only on the preset (not
-    on the seed), so seeds give comparable datasets with the same columns.
+    on the seed), so seeds give comparable datasets with the same columns. Test rows come from new
+    drugs (the Kaggle test set was mostly unseen compounds) plus the frequent reference compounds,
+    which were profiled on every plate and so appear in train and test alike.
 ``generate(preset, seed, labels=DIR)`` (semi-real)
     DIR holds the real ``train_targets_scored``, optionally ``train_targets_nonscored`` and
     ``train_drug`` files. Their sig_ids, labels and drug ids are kept exactly; features are
-    synthesized *conditioned on the real label vectors* with the same machinery (each real target
-    gets a signature; families come from real co-occurrence and names).
+    synthesized *conditioned on the real label vectors* with the same machinery (every real target
+    gets a signature, families come from target names and real co-occurrence). Controls are the rows
+    of drug ``cacb2b860``; without a drug file no row is a control and each row is its own drug.
+    Test rows are new drugs whose label vectors are copied from random real treated drugs.
 
-Test features are always generated by the same process from drugs that are not in train (as the
-Kaggle test set was), except the frequent reference compounds, which are profiled on every plate and
-appear in both. Everything is numpy float32 and vectorized; ``full`` takes a few seconds.
+Everything is numpy float32 and vectorized (``full`` takes a few seconds) and deterministic per
+seed: one ``np.random.default_rng(seed)`` drives it all.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,11 +143,11 @@ REPLICATE_HISTOGRAM: dict[int, int] = {1: 129, 2: 3, 3: 2, 4: 3, 5: 66, 6: 2774,
 FREQUENT_DRUG_ROWS: tuple[int, ...] = (718, 246, 203, 202, 196, 194, 186, 178, 19)
 FREQUENT_ROW_FRACTION = sum(FREQUENT_DRUG_ROWS) / 23814
 #: Labels (scored or nonscored) drawn as a drug's primary mechanisms: {count: probability}.
-PRIMARY_LABELS: dict[int, float] = {0: 0.2, 1: 0.735, 2: 0.05, 3: 0.015}
+PRIMARY_LABELS: dict[int, float] = {0: 0.17, 1: 0.76, 2: 0.055, 3: 0.01, 4: 0.005}
 SCORED_SHARE = 0.79               # share of primary labels that are scored targets
-PARTNER_FRACTION = 0.35           # nonscored targets that are co-labelled partners of a scored one
-PARTNER_PROBABILITY = 0.5         # chance a drug of a scored target also carries each of its partners
-FREQUENT_LABELS: dict[int, float] = {1: 0.6, 2: 0.25, 3: 0.15}
+PARTNERS_PER_SCORED = 0.3         # nonscored co-labelled partners, per scored target
+PARTNER_PROBABILITY = 0.7         # chance a drug of a scored target also carries each of its partners
+FREQUENT_LABELS: dict[int, float] = {1: 0.4, 2: 0.35, 3: 0.25}
 POPULARITY_SIGMA = 1.2            # lognormal spread of target frequencies (real: mean/median ~2)
 EMPTY_NONSCORED_FRACTION = 71 / 402
 COVER_DONOR_DRUGS = 4             # a target with this many train drugs can give one to an unseen target
@@ -146,6 +158,7 @@ COVER_DONOR_DRUGS = 4             # a target with this many train drugs can give
 TIME_EFFECT: dict[int, float] = {24: 0.55, 48: 0.8, 72: 1.0}
 DOSE_EFFECT: dict[str, float] = {"D1": 0.7, "D2": 1.0}
 GENE_CLIP = 10.0
+GENE_UNIT = 0.6                   # overall gene scale: roughly unit spread, heavy tails reach the clip
 CELL_FLOOR = -10.0
 CELL_SOFT_CEILING = 4.5           # positive viability saturates towards this
 FAMILY_SHARE = 0.8                # weight of the family signature in a member's signature
@@ -191,6 +204,9 @@ _WORDS: tuple[str, ...] = (
 )
 _QUALIFIERS: tuple[str, ...] = ("receptor", "kinase", "channel", "transporter", "synthase", "reductase")
 UNIVERSE_SEED = 20200903          # names/families depend on the preset only (start of lish-moa)
+FAMILY_SIZE_SIGMA = 0.5           # lognormal spread of family sizes
+FIRST_ACTION_PROBABILITY = 0.5    # a member takes the family's first free action ("inhibitor" first):
+                                  # inhibitors dominate the real target list
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +290,7 @@ def _synthetic_universe(preset: Preset) -> _Universe:
     rng = np.random.default_rng([UNIVERSE_SEED, preset.n_scored, preset.n_nonscored, preset.n_families])
     k = preset.n_families
     words = _family_words(k, rng)
-    size_weight = rng.lognormal(0.0, 0.5, k)
+    size_weight = rng.lognormal(0.0, FAMILY_SIZE_SIGMA, k)
     family = np.empty(preset.n_scored + preset.n_nonscored, dtype=np.int64)
     family[:k] = rng.permutation(k)
     count = np.bincount(family[:k], minlength=k)
@@ -287,7 +303,7 @@ def _synthetic_universe(preset: Preset) -> _Universe:
     for t in range(len(family)):
         f = int(family[t])
         free = [a for a in ACTIONS if a not in used[f]]
-        action = free[0] if rng.random() < 0.5 else str(rng.choice(free))
+        action = free[0] if rng.random() < FIRST_ACTION_PROBABILITY else str(rng.choice(free))
         used[f].append(action)
         names.append(f"{words[f]}_{action}")
     scored = np.array(names[:preset.n_scored])
@@ -298,7 +314,9 @@ def _synthetic_universe(preset: Preset) -> _Universe:
     sibling = np.full(len(family), -1, dtype=np.int64)
     for t in range(preset.n_scored, len(family)):
         sibling[t] = rng.choice(np.flatnonzero(family[:preset.n_scored] == family[t]))
-    partner = (sibling >= 0) & (rng.random(len(family)) < PARTNER_FRACTION)
+    partner = np.zeros(len(family), dtype=bool)
+    n_partners = min(preset.n_nonscored, int(round(PARTNERS_PER_SCORED * preset.n_scored)))
+    partner[preset.n_scored + rng.choice(preset.n_nonscored, n_partners, replace=False)] = True
     return _Universe(tuple(str(s) for s in scored[s_order]), tuple(str(s) for s in nonscored[n_order]),
                      family, sibling, partner, k)
 
@@ -346,15 +364,16 @@ def _biology(universe: _Universe, n_genes: int, n_cells: int, n_pathways: int,
     n_all_families = n_families + n_orphans
     family_latent = rng.normal(size=(n_all_families, n_pathways))
     own_latent = rng.normal(size=(len(all_family), n_pathways))
+    n_markers = min(MARKER_GENES, n_genes)
     family_markers = np.zeros((n_all_families, n_genes))
     own_markers = np.zeros((len(all_family), n_genes))
     for markers in (family_markers, own_markers):
         for row in markers:
-            row[rng.choice(n_genes, min(MARKER_GENES, n_genes), replace=False)] = rng.choice([-1.0, 1.0], min(MARKER_GENES, n_genes))
+            row[rng.choice(n_genes, n_markers, replace=False)] = rng.choice([-1.0, 1.0], n_markers)
 
     def footprint(latent: np.ndarray, markers: np.ndarray) -> np.ndarray:
         return (PATHWAY_SIGNATURE_SHARE * _unit_rows(latent @ loadings)
-                + (1 - PATHWAY_SIGNATURE_SHARE) * _unit_rows(markers + 1e-9))
+                + (1 - PATHWAY_SIGNATURE_SHARE) * _unit_rows(markers))
 
     fam = _unit_rows(footprint(family_latent, family_markers))[all_family]
     own = _unit_rows(footprint(own_latent, own_markers))
@@ -390,7 +409,6 @@ def _drug_effects(bio: _Biology, drug_labels: np.ndarray, potency_boost: np.ndar
     at random for bidirectional mechanisms: the non-linear part.
     """
     n_drugs = len(drug_labels)
-    n_targets = drug_labels.shape[1]
     orphan = np.zeros((n_drugs, bio.n_orphans), dtype=np.float64)
     has_orphan = rng.random(n_drugs) < ORPHAN_PROBABILITY
     orphan[np.flatnonzero(has_orphan), rng.integers(0, bio.n_orphans, has_orphan.sum())] = 1.0
@@ -398,13 +416,13 @@ def _drug_effects(bio: _Biology, drug_labels: np.ndarray, potency_boost: np.ndar
     potency = rng.lognormal(0.0, POTENCY_SIGMA, active.shape)
     potency *= np.where(rng.random(active.shape) < INACTIVE_PROBABILITY, INACTIVE_POTENCY, 1.0)
     potency *= potency_boost[:, None]
-    sign = np.where(bio.bidirectional[None, :] & (rng.random(active.shape) < 0.5), -1.0, 1.0)
+    flip = rng.integers(0, 2, active.shape).astype(bool)                       # a fair coin per drug x mechanism
+    sign = np.where(bio.bidirectional[None, :] & flip, -1.0, 1.0)
     weight = (active * potency * sign).astype(np.float32)
     effect = weight @ bio.signature
     effect += DRUG_LATENT_NOISE * (rng.standard_normal((n_drugs, bio.loadings.shape[0]), dtype=np.float32) @ bio.loadings)
     effect += DRUG_GENE_NOISE * rng.standard_normal(effect.shape, dtype=np.float32)
     toxicity = (active * potency) @ bio.toxicity
-    assert n_targets + bio.n_orphans == bio.signature.shape[0]
     return effect.astype(np.float32), toxicity.astype(np.float32)
 
 
@@ -477,6 +495,7 @@ def _features(bio: _Biology, effect: np.ndarray, toxicity: np.ndarray, drug_of_r
     genes += bio.batch[t_index, d_index]
     genes += ROW_LATENT_NOISE * (rng.standard_normal((n, bio.loadings.shape[0]), dtype=np.float32) @ bio.loadings)
     genes += ROW_GENE_NOISE * heavy((n, n_genes))
+    genes *= GENE_UNIT
     np.clip(genes, -GENE_CLIP, GENE_CLIP, out=genes)
 
     kill = 1.0 - np.exp(-tox[:, None] * bio.cell_loading[None, :])
@@ -687,9 +706,11 @@ def _real_universe(scored_columns: tuple[str, ...], nonscored_columns: tuple[str
     """Families and scored relatives for the real targets.
 
     Scored targets sharing their first name token form a family (``adrenergic_receptor_agonist``
-    and ``_antagonist``). A nonscored target that co-occurs with scored ones on real drugs is a
-    partner of the one it co-occurs with most; any other is a look-alike of a random scored target
-    whose name token it shares, else of a random one. Either joins its relative's family.
+    and ``_antagonist``). Every nonscored target is a look-alike of a scored relative: the one it
+    co-occurs with most on real drugs, else a random scored target whose name token it shares, else
+    a scored target drawn in proportion to its number of drugs (crowded target classes have the most
+    relatives). It joins its relative's family. (The real labels fix who is labelled with whom, so
+    there is no partner sampling here.)
     """
     def key(name: str) -> str:
         return re.split(r"[_\-]", name)[0]
@@ -701,22 +722,29 @@ def _real_universe(scored_columns: tuple[str, ...], nonscored_columns: tuple[str
         by_key.setdefault(key(name), []).append(t)
     co = nonscored_drug.T.astype(np.int64) @ scored_drug.astype(np.int64)      # (nonscored, scored)
     sibling = [-1] * len(scored_columns)
-    partner = [False] * len(scored_columns)
+    drugs = scored_drug.sum(axis=0).astype(np.float64) + 1.0
     for j, name in enumerate(nonscored_columns):
-        partner.append(bool(co[j].max() > 0))
         if co[j].max() > 0:
             mate = int(np.argmax(co[j]))
         elif key(name) in by_key:
             mate = int(rng.choice(by_key[key(name)]))
         else:
-            mate = int(rng.integers(0, len(scored_columns)))
+            mate = int(rng.choice(len(scored_columns), p=drugs / drugs.sum()))
         sibling.append(mate)
         family.append(family[mate])
     return _Universe(scored_columns, nonscored_columns, np.asarray(family, dtype=np.int64),
-                     np.asarray(sibling, dtype=np.int64), np.asarray(partner, dtype=bool), len(keys))
+                     np.asarray(sibling, dtype=np.int64), np.zeros(len(family), dtype=bool), len(keys))
 
 
 def _generate_semi_real(preset: Preset, directory: Path, rng: np.random.Generator) -> MoaData:
+    """Real labels, sig_ids and drug ids; features synthesized from each drug's real label vector.
+
+    The labels carry what no generator can invent (which MoAs exist, how often, which co-occur,
+    which drugs are profiled hundreds of times), so models are compared on the real label problem
+    with features that follow the same generative model as the synthetic mode. Replicates of a drug
+    cycle through the 6 time x dose combinations; drugs with more than 18 rows are the potent
+    reference compounds.
+    """
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory (labels= must name the folder with train_targets_scored.csv)")
     scored_frame = _read_labels(directory, "train_targets_scored", required=True)
@@ -758,6 +786,8 @@ def _generate_semi_real(preset: Preset, directory: Path, rng: np.random.Generato
     n_control_test = int(round(CONTROL_FRACTION * preset.n_test))
     regular_test = _replicate_counts(max(preset.n_test - n_control_test, 0), rng)
     treated_drugs = np.flatnonzero(~control_drug)
+    if len(treated_drugs) == 0:       # only controls: test drugs get the (empty) control vector
+        treated_drugs = np.flatnonzero(control_drug)
     source_drug = rng.choice(treated_drugs, len(regular_test)) if len(regular_test) else np.zeros(0, np.int64)
     all_labels = np.concatenate([drug_labels, np.zeros((1, drug_labels.shape[1]), np.uint8), drug_labels[source_drug]])
     rows_per_drug = np.bincount(drug_of_row, minlength=n_drugs)

@@ -20,12 +20,12 @@ HEX9 = re.compile(r"^[0-9a-f]{9}$")
 
 
 @pytest.fixture(scope="module")
-def tiny() -> MoaData:
+def tiny_synth() -> MoaData:
     return synth.generate("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
-def small() -> MoaData:
+def small_synth() -> MoaData:
     return synth.generate("small", seed=0)
 
 
@@ -64,16 +64,16 @@ def test_presets_have_the_documented_sizes() -> None:
         full.n_train = 1  # frozen
 
 
-def test_same_seed_is_bit_identical_and_another_seed_differs(tiny: MoaData) -> None:
+def test_same_seed_is_bit_identical_and_another_seed_differs(tiny_synth: MoaData) -> None:
     again, other = synth.generate("tiny", seed=0), synth.generate("tiny", seed=1)
-    for name, array in arrays(tiny).items():
+    for name, array in arrays(tiny_synth).items():
         assert np.array_equal(array, arrays(again)[name]), name
         assert array.dtype == arrays(again)[name].dtype
-    assert tiny.scored_columns == again.scored_columns and tiny.nonscored_columns == again.nonscored_columns
-    assert not np.array_equal(tiny.train.genes, other.train.genes[: len(tiny.train)])
-    assert set(tiny.train.sig_id).isdisjoint(other.train.sig_id)
+    assert tiny_synth.scored_columns == again.scored_columns and tiny_synth.nonscored_columns == again.nonscored_columns
+    assert not np.array_equal(tiny_synth.train.genes, other.train.genes[: len(tiny_synth.train)])
+    assert set(tiny_synth.train.sig_id).isdisjoint(other.train.sig_id)
     # column names depend on the preset only, so seeds are comparable
-    assert tiny.scored_columns == other.scored_columns and tiny.nonscored_columns == other.nonscored_columns
+    assert tiny_synth.scored_columns == other.scored_columns and tiny_synth.nonscored_columns == other.nonscored_columns
 
 
 def test_generate_accepts_a_preset_object_and_defaults_to_small() -> None:
@@ -103,16 +103,16 @@ def test_invalid_preset_sizes_are_config_errors() -> None:
 # ------------------------------------------------------------------------------ schema
 
 
-def test_kaggle_schema_round_trips_through_save_and_load(tmp_path: Path, tiny: MoaData) -> None:
+def test_kaggle_schema_round_trips_through_save_and_load(tmp_path: Path, tiny_synth: MoaData) -> None:
     out = synth.write("tiny", 0, tmp_path / "moa")
     assert out == tmp_path / "moa"
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.csv" for stem in FILES)
     loaded = load(out)
-    assert loaded.scored_columns == tiny.scored_columns and loaded.nonscored_columns == tiny.nonscored_columns
-    assert np.array_equal(loaded.scored, tiny.scored) and np.array_equal(loaded.nonscored, tiny.nonscored)
-    assert np.array_equal(loaded.drug_id, tiny.drug_id)
+    assert loaded.scored_columns == tiny_synth.scored_columns and loaded.nonscored_columns == tiny_synth.nonscored_columns
+    assert np.array_equal(loaded.scored, tiny_synth.scored) and np.array_equal(loaded.nonscored, tiny_synth.nonscored)
+    assert np.array_equal(loaded.drug_id, tiny_synth.drug_id)
     for part in ("train", "test"):
-        a, b = getattr(tiny, part), getattr(loaded, part)
+        a, b = getattr(tiny_synth, part), getattr(loaded, part)
         assert a.gene_columns == b.gene_columns and a.cell_columns == b.cell_columns
         for name in ("sig_id", "cp_type", "cp_time", "cp_dose"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), (part, name)
@@ -122,11 +122,11 @@ def test_kaggle_schema_round_trips_through_save_and_load(tmp_path: Path, tiny: M
     with pytest.raises(DataError):
         synth.write("tiny", 0, out)  # not empty and no overwrite
     synth.write("tiny", 1, out, overwrite=True)
-    assert not np.array_equal(load(out).train.sig_id, tiny.train.sig_id)
+    assert not np.array_equal(load(out).train.sig_id, tiny_synth.train.sig_id)
 
 
-def test_identifiers_and_target_names_look_like_kaggle(tiny: MoaData, small: MoaData) -> None:
-    for data in (tiny, small):
+def test_identifiers_and_target_names_look_like_kaggle(tiny_synth: MoaData, small_synth: MoaData) -> None:
+    for data in (tiny_synth, small_synth):
         ids = np.concatenate([data.train.sig_id, data.test.sig_id])
         assert all(s.startswith("id_") and HEX9.match(s[3:]) for s in ids)
         assert len(set(ids)) == len(ids)
@@ -143,8 +143,8 @@ def test_identifiers_and_target_names_look_like_kaggle(tiny: MoaData, small: Moa
 # ------------------------------------------------------------------------------ structure
 
 
-def test_controls_are_one_drug_with_all_zero_targets(tiny: MoaData, small: MoaData) -> None:
-    for data in (tiny, small):
+def test_controls_are_one_drug_with_all_zero_targets(tiny_synth: MoaData, small_synth: MoaData) -> None:
+    for data in (tiny_synth, small_synth):
         control = data.train.is_control
         assert abs(control.mean() - synth.CONTROL_FRACTION) < 0.005
         assert np.all(data.drug_id[control] == synth.CONTROL_DRUG_ID)
@@ -153,48 +153,56 @@ def test_controls_are_one_drug_with_all_zero_targets(tiny: MoaData, small: MoaDa
         assert abs(data.test.is_control.mean() - synth.CONTROL_FRACTION) < 0.01
 
 
-def test_every_drug_has_one_label_vector(tiny: MoaData, small: MoaData) -> None:
-    assert drug_label_conflicts(tiny) == 0
-    assert drug_label_conflicts(small) == 0
+def test_every_drug_has_one_label_vector(tiny_synth: MoaData, small_synth: MoaData) -> None:
+    assert drug_label_conflicts(tiny_synth) == 0
+    assert drug_label_conflicts(small_synth) == 0
 
 
-def test_replicates_cycle_through_time_and_dose(small: MoaData) -> None:
-    counts = pd.Series(small.drug_id[~small.train.is_control]).value_counts()
+def test_replicates_cycle_through_time_and_dose(small_synth: MoaData) -> None:
+    counts = pd.Series(small_synth.drug_id[~small_synth.train.is_control]).value_counts()
     assert (counts == 6).mean() > 0.75  # most drugs: one row per time x dose
     assert (counts > 18).sum() == synth.PRESETS["small"].n_frequent_drugs  # a few frequent drugs
-    frame = pd.DataFrame({"drug": small.drug_id, "time": small.train.cp_time, "dose": small.train.cp_dose})
+    frame = pd.DataFrame({"drug": small_synth.drug_id, "time": small_synth.train.cp_time, "dose": small_synth.train.cp_dose})
     six = counts.index[counts == 6]
     combos = frame[frame.drug.isin(six)].groupby("drug")[["time", "dose"]].apply(
         lambda f: len(set(zip(f.time, f.dose))))
     assert (combos == 6).all()
 
 
-def test_labels_are_sparse_and_heavy_tailed(small: MoaData) -> None:
-    per_row = small.scored.sum(axis=1)
-    assert 0.002 <= small.scored.mean() <= 0.005
+def test_labels_are_sparse_and_heavy_tailed(small_synth: MoaData) -> None:
+    per_row = small_synth.scored.sum(axis=1)
+    assert 0.002 <= small_synth.scored.mean() <= 0.005
     assert 0.30 <= (per_row == 0).mean() <= 0.50
     assert (per_row >= 2).sum() > 0.01 * len(per_row) and per_row.max() >= 3  # a few multi-label rows
-    per_target = small.scored.sum(axis=0)
+    per_target = small_synth.scored.sum(axis=0)
     assert per_target.min() >= 1 and (per_target <= 12).sum() >= 10  # every target seen, many barely
     assert per_target.max() >= 5 * np.median(per_target)
-    nonscored = small.nonscored.sum(axis=0)
+    nonscored = small_synth.nonscored.sum(axis=0)
     assert 0 < (nonscored == 0).sum() < 0.5 * len(nonscored)
 
 
-def test_nonscored_labels_share_families_with_scored_ones(small: MoaData) -> None:
+def test_nonscored_targets_are_relatives_of_scored_ones(small_synth: MoaData) -> None:
+    """Every nonscored target has a scored relative in its family; partners come with it."""
     universe = synth._synthetic_universe(synth.PRESETS["small"])
-    family = universe.family
     n = universe.n_scored
-    drugs = pd.DataFrame(np.hstack([small.scored, small.nonscored])).groupby(small.drug_id).max().to_numpy()
-    both = drugs[:, :n].any(axis=1) & drugs[:, n:].any(axis=1)
-    same = sum(bool(set(family[np.flatnonzero(d[:n])]) & set(family[n + np.flatnonzero(d[n:])]))
-               for d in drugs[both])
-    assert both.sum() >= 10 and same / both.sum() > 0.7  # co-labels come from one mechanism family
+    sibling, family = universe.sibling[n:], universe.family
+    assert (sibling >= 0).all() and (sibling < n).all()
+    assert np.array_equal(family[sibling], family[n:])
+    partner = universe.partner[n:]
+    assert 0 < partner.sum() < len(partner)
+    drugs = pd.DataFrame(np.hstack([small_synth.scored, small_synth.nonscored])).groupby(small_synth.drug_id).max().to_numpy()
+    scored, nonscored = drugs[:, :n], drugs[:, n:]
+    with_partner = [(d, k) for d, k in np.argwhere(nonscored[:, partner]) for k in [np.flatnonzero(partner)[k]]]
+    assert len(with_partner) >= 20
+    together = np.mean([scored[d, sibling[k]] for d, k in with_partner])
+    assert together > 0.9  # a partner label says "this drug has that scored target"
+    base = scored.mean(axis=0)[sibling[partner]].mean()
+    assert together > 10 * base
 
 
-def test_feature_ranges_and_shapes_of_distributions(small: MoaData) -> None:
-    genes, cells = small.train.genes, small.train.cells
-    treated = ~small.train.is_control
+def test_feature_ranges_and_shapes_of_distributions(small_synth: MoaData) -> None:
+    genes, cells = small_synth.train.genes, small_synth.train.cells
+    treated = ~small_synth.train.is_control
     assert genes.min() >= -10 and genes.max() <= 10
     assert cells.min() >= -10 and cells.max() <= 5
     assert (cells <= -9.9).any()  # cytotoxic drugs reach the floor
@@ -205,18 +213,18 @@ def test_feature_ranges_and_shapes_of_distributions(small: MoaData) -> None:
     assert np.median(corr[np.triu_indices_from(corr, 1)]) > 0.5
     # effects grow with dose and time; controls are near zero
     strength = np.abs(genes).mean(axis=1)
-    time, dose = small.train.cp_time, small.train.cp_dose
+    time, dose = small_synth.train.cp_time, small_synth.train.cp_dose
     assert strength[treated & (dose == "D2")].mean() > strength[treated & (dose == "D1")].mean()
     assert strength[treated & (time == 72)].mean() > strength[treated & (time == 48)].mean() > \
         strength[treated & (time == 24)].mean()
     assert strength[~treated].mean() < strength[treated].mean()
-    for table in (small.train, small.test):
+    for table in (small_synth.train, small_synth.test):
         assert np.isfinite(table.genes).all() and np.isfinite(table.cells).all()
 
 
-def test_test_rows_come_from_unseen_drugs_plus_frequent_ones(small: MoaData) -> None:
-    assert len(small.test) == synth.PRESETS["small"].n_test
-    assert set(small.test.sig_id).isdisjoint(small.train.sig_id)
+def test_test_rows_are_fresh_and_sized_by_the_preset(small_synth: MoaData) -> None:
+    assert len(small_synth.test) == synth.PRESETS["small"].n_test
+    assert set(small_synth.test.sig_id).isdisjoint(small_synth.train.sig_id)
 
 
 def test_full_preset_has_the_real_shape() -> None:
@@ -226,6 +234,8 @@ def test_full_preset_has_the_real_shape() -> None:
     assert len(data.test) == 3982
     drugs = pd.Series(data.drug_id).value_counts()
     assert 3000 <= len(drugs) <= 3600 and (drugs > 18).sum() == 10  # 9 frequent drugs + the control
+    assert 0.0025 <= data.scored.mean() <= 0.0045 and 0.33 <= (data.scored.sum(axis=1) == 0).mean() <= 0.45
+    assert 40 <= (data.nonscored.sum(axis=0) == 0).sum() <= 110  # real: 71 of 402 empty
 
 
 # ------------------------------------------------------------------------------ semi-real mode
