@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 folds, 8 epochs: a smoke run")
     parser.add_argument("--no-semi-real", action="store_true")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on 2 vCPUs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_splits = 3 if args.quick else 5

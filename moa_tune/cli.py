@@ -138,7 +138,8 @@ def data_describe(
 
 @data_app.command("synth")
 def data_synth(
-    preset: str = typer.Option("small", help="tiny (tests), small (demo) or full (the real size)."),
+    preset: Optional[str] = typer.Option(None, help="tiny (tests), small (demo) or full (the real size) "
+                                         "[default: small; full with --labels]."),
     seed: int = typer.Option(0, help="Random seed; the output is identical for the same seed."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory [default: results/data/<preset>-seed<seed>]."),
     labels: Optional[Path] = typer.Option(None, help="Semi-real mode: a folder of real label files "
@@ -148,8 +149,9 @@ def data_synth(
     """Write a synthetic lish-moa directory with the structure of the real problem."""
     from .synth import write
 
-    target = out_dir or DEFAULT_RESULTS / "data" / f"{preset}-seed{seed}"
-    with _working(f"synthesizing '{preset}' (seed {seed})"):
+    name = preset or ("semi-real" if labels is not None else "small")
+    target = out_dir or DEFAULT_RESULTS / "data" / f"{name}-seed{seed}"
+    with _working(f"synthesizing '{name}' (seed {seed})"):
         path = write(preset, seed, target, labels=labels, overwrite=force)
     out.print(f"wrote {path}")
 
@@ -235,15 +237,7 @@ def train(
     from .stages import Predictions
     from .train import run_training
 
-    if config_file is not None:
-        config = load_config(config_file, dict(_parse_set(overrides)))
-    else:
-        from .config import resolve_config, set_path
-
-        raw: dict = {}
-        for key, value in _parse_set(overrides):
-            set_path(raw, key, value)
-        config = resolve_config(raw)
+    config = load_config(config_file, dict(_parse_set(overrides)))
     name = config_file.stem if config_file is not None else f"{config['family']}-{config['stage']}"
     target = out_dir or DEFAULT_RESULTS / "train" / name
     if target.exists() and any(target.iterdir()) and not force:

@@ -80,15 +80,18 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, apply ``section.name`` overrides, and resolve it; errors name the file."""
-    raw = read_yaml(path)
-    for key, value in (overrides or {}).items():
-        set_path(raw, key, value)
+def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file (none: the defaults), apply ``section.name`` overrides, and resolve it.
+
+    Errors name the file, or ``--set`` when there is no file, so a CLI user knows what to fix.
+    """
+    raw = read_yaml(path) if path is not None else {}
     try:
+        for key, value in (overrides or {}).items():
+            set_path(raw, key, value)
         return resolve_config(raw)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path if path is not None else '--set'}: {exc}") from None
 
 
 def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:

@@ -42,7 +42,7 @@ from .io import write_json, write_text
 from .search_space import SearchSpace
 from .stages import Predictions
 from .sweep_spec import SweepSpec, parse_sweep
-from .train import CVResult, FoldReport, cross_validate
+from .train import CVResult, FoldReport, assemble_predictions, cross_validate
 
 __all__ = ["SweepResult", "run_sweep", "trainable"]
 
@@ -274,24 +274,14 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int) -> list[dict[str, A
 def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaData, stage: str,
                       family: str) -> tuple[Predictions, dict[str, Any]] | None:
     """Predictions of the best trial that completed every fold (pruned means are not comparable)."""
-    from .stages import fold_fingerprint
-
     completed = [(r, res) for r, res in zip(rows, grid) if r["state"] == "completed" and res.checkpoint is not None]
     if not completed:
         return None
     row, result = min(completed, key=lambda pair: pair[0]["loss"])
     with result.checkpoint.as_directory() as directory:
         reports = _load_reports(directory, folds)
-    oof = np.zeros((len(data.train), reports[0].valid_pred.shape[1]), dtype=np.float32)
-    for r in reports:
-        oof[r.valid_rows] = r.valid_pred
-    test = None
-    if data.test is not None:
-        test = np.mean([r.test_pred for r in reports], axis=0).astype(np.float32)
-        if not folds.keep_controls:
-            test[data.test.is_control] = 0.0
     columns = data.nonscored_columns if stage == "stage1" else data.scored_columns
-    predictions = Predictions(oof, test, tuple(columns), fold_fingerprint(folds), stage, family)
+    predictions = assemble_predictions(reports, data, folds, columns, stage, family)
     return predictions, {"trial_id": row["trial_id"], "loss": row["loss"], "config": result.config}
 
 

@@ -307,23 +307,33 @@ def cross_validate(config: Mapping[str, Any], data: MoaData, folds: Folds,
                       "n_folds": folds.n_splits})
         yield report
 
-    n_out = len(spec.output_columns)
-    oof = np.zeros((len(data.train), n_out), dtype=np.float32)
-    for r in reports:
-        oof[r.valid_rows] = r.valid_pred
-    test_pred = None
-    if test is not None:
-        test_pred = np.mean([r.test_pred for r in reports], axis=0).astype(np.float32)
-        if not folds.keep_controls:
-            test_pred[test.is_control] = 0.0
+    predictions = assemble_predictions(reports, data, folds, spec.output_columns, cfg["stage"], cfg["family"])
     used = folds.used
     truth = spec.targets[:, spec.output]
-    loss = log_loss(truth[used], _restrict(oof, spec)[used])
+    loss = log_loss(truth[used], _restrict(predictions.oof, spec)[used])
     loss_all = None
     if cfg["stage"] != "stage1" and not used.all():
-        loss_all = log_loss(truth, _restrict(oof, spec))
-    predictions = Predictions(oof, test_pred, spec.output_columns, fold_fingerprint(folds), cfg["stage"], cfg["family"])
+        loss_all = log_loss(truth, _restrict(predictions.oof, spec))
     yield CVResult(loss, [r.loss for r in reports], predictions, cfg, loss_all)
+
+
+def assemble_predictions(reports: Sequence[FoldReport], data: MoaData, folds: Folds, columns: Sequence[str],
+                         stage: str, family: str) -> Predictions:
+    """A stage's predictions from its fold reports: out-of-fold rows on train, the fold average on test.
+
+    The one place this is done, so a CV run and a sweep's best trial (rebuilt from its checkpoint)
+    give the next stage identical inputs. Rows the folds leave out (controls) stay 0 on train and
+    are set to 0 on test.
+    """
+    oof = np.zeros((len(data.train), len(columns)), dtype=np.float32)
+    for r in reports:
+        oof[r.valid_rows] = r.valid_pred
+    test = None
+    if data.test is not None:
+        test = np.mean([r.test_pred for r in reports], axis=0).astype(np.float32)
+        if not folds.keep_controls:
+            test[data.test.is_control] = 0.0
+    return Predictions(oof, test, tuple(columns), fold_fingerprint(folds), stage, family)
 
 
 def _restrict(pred: np.ndarray, spec: Plan) -> np.ndarray:

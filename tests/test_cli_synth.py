@@ -35,3 +35,17 @@ def test_synth_cli_bad_input(tmp_path: Path, capsys) -> None:
                             "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "nolabels" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_synth_cli_labels_default_to_the_full_feature_counts(tmp_path: Path, capsys) -> None:
+    """Semi-real mode without --preset keeps the real problem's gene and cell counts (full preset)."""
+    from moa_tune.data import save
+    from moa_tune.synth import PRESETS
+
+    labels = save(generate("tiny", seed=1), tmp_path / "labels")
+    out = tmp_path / "semi"
+    code, text, err = run_cli(["data", "synth", "--labels", str(labels), "--out", str(out)], capsys)
+    assert code == 0, err
+    data = load(out)
+    assert (data.train.n_genes, data.train.n_cells) == (PRESETS["full"].n_genes, PRESETS["full"].n_cells)
+    np.testing.assert_array_equal(data.scored, load(labels).scored)

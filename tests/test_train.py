@@ -195,3 +195,20 @@ def test_run_training_without_output_dir(tiny) -> None:
     data, folds = tiny
     result = run_training({"family": "linear", "train": FAST_TRAIN}, data, folds)
     assert isinstance(result, CVResult) and len(result.fold_losses) == 3
+
+
+def test_train_cli_without_config_uses_set(tiny, tmp_path: Path, capsys) -> None:
+    from moa_tune.data import save
+
+    data, _ = tiny
+    data_dir = save(data, tmp_path / "data")
+    out = tmp_path / "lin"
+    code, text, err = run_cli(["train", "--data", str(data_dir), "--set", "family=linear", "--set", "train.epochs=2",
+                               "--n-splits", "2", "--out", str(out), "--no-save-models"], capsys)
+    assert code == 0, err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["family"] == "linear" and saved["train"]["epochs"] == 2
+    code, text, err = run_cli(["train", "--data", str(data_dir), "--set", "family=linear", "--set", "train.epochz=2",
+                               "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--set" in err and "train.epochz" in err and not (tmp_path / "bad").exists()
