@@ -304,6 +304,81 @@ def sweep(
     out.print(f"wrote {result.path} (trials.csv, best predictions per stage and family)")
 
 
+@app.command("collect")
+def collect_cmd(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (results/<sweep-name>)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage "
+                                        "[default: the sweep file's collect.top_k, else 2]."),
+    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration, 0..N-1 "
+                                          "[default: the sweep file's seeds, else 5]."),
+    data_dir: Optional[Path] = typer.Option(None, "--data", help="A lish-moa directory [default: the sweep's data]."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
+                                          "else a local Ray]."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+) -> None:
+    """Retrain the best configurations with several seeds (Ray tasks), blend them, export the ensemble."""
+    from .collect import collect
+
+    result = collect(sweep_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
+                     data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit)
+    _print_blend(result.blend)
+    out.print(f"wrote {result.path / 'collect'} and {result.export}")
+
+
+def _print_blend(fitted) -> None:
+    table = Table(title="ensemble (out-of-fold log loss, treated rows)")
+    for column in ("component", "CV loss", "weight"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    weights = fitted.weights
+    for name, loss in sorted(fitted.component_losses.items(), key=lambda kv: kv[1]):
+        table.add_row(name, f"{loss:.6f}", f"{weights.get(name, 0.0):.3f}")
+    table.add_row(f"blend ({fitted.chosen})", f"{fitted.loss:.6f}", "1.000")
+    table.add_row("blend, cross-fitted", f"{fitted.cross_fitted_loss:.6f}", "")
+    out.print(table)
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Path = typer.Option(..., "--model", help="An exported ensemble (results/<sweep-name>/ensemble)."),
+    data: Path = typer.Option(..., "--data", help="A lish-moa directory (its test_features and sample_submission) "
+                              "or a test_features.csv file."),
+    out_file: Path = typer.Option(Path("submission.csv"), "--out", help="Where to write the submission."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Write a Kaggle submission from an exported ensemble; needs no Ray and no cluster."""
+    from .data import find_file, read_features
+    from .errors import DataError
+    from .io import atomic_file
+    from .predict import Ensemble, submission_frame
+
+    import pandas as pd
+
+    sample = None
+    sample_name = "sample_submission.csv"
+    if data.is_dir():
+        features_file = find_file(data, "test_features")
+        if features_file is None:
+            raise DataError(f"{data}: missing file test_features.csv (also looked for .csv.zip and .csv.gz)")
+        sample_file = find_file(data, "sample_submission")
+        if sample_file is not None:
+            sample_name = sample_file.name
+            sample = pd.read_csv(sample_file, dtype={"sig_id": str})
+    elif data.is_file():
+        features_file = data
+    else:
+        raise DataError(f"{data}: no such file or directory")
+    with _working(f"loading {model}"):
+        ensemble = Ensemble.load(model, device=device)
+    features = read_features(features_file)
+    with _working(f"predicting {len(features):,} rows"):
+        frame = submission_frame(ensemble.predict(features, features_file.name), sample, sample_name)
+    with atomic_file(out_file) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.8g")
+    n_control = int((features.is_control).sum())
+    out.print(f"wrote {out_file}: {len(frame):,} rows x {len(frame.columns) - 1} targets "
+              f"({n_control:,} control rows set to 0)" + (f"; checked against {sample_name}" if sample is not None else ""))
+
+
 def _emit(line: str) -> None:
     out.print(line, markup=False)
 

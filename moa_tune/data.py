@@ -35,6 +35,8 @@ __all__ = [
     "describe",
     "find_file",
     "load",
+    "parse_features",
+    "read_features",
     "save",
 ]
 
@@ -278,6 +280,28 @@ def _parse_features(frame: pd.DataFrame, file: str) -> Features:
         gene_columns=tuple(genes),
         cell_columns=tuple(cells),
     )
+
+
+def parse_features(frame: pd.DataFrame, name: str = "features") -> Features:
+    """A features table (Kaggle's train/test layout) from a DataFrame, checked as :func:`load` checks files.
+
+    ``name`` is what error messages call the table (a file name when it came from one).
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame of features, got {type(frame).__name__}", file=name)
+    if len(frame) == 0:
+        raise DataError("the table has no rows", file=name)
+    frame = frame.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    return _parse_features(frame, name)
+
+
+def read_features(path: str | os.PathLike) -> Features:
+    """One features CSV (``test_features.csv`` or any file in its layout; .csv, .csv.zip, .csv.gz)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return _parse_features(_read_csv(path, ("sig_id", "cp_type", "cp_dose")), path.name)
 
 
 def _parse_targets(frame: pd.DataFrame, file: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -7,7 +7,8 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
     data: {synth: small, seed: 0}          # or a path to a lish-moa directory
     folds: {n_splits: 5, scheme: drug, seed: 0, threshold: 18}
     seed: 0                                # Optuna's TPE sampler
-    seeds: [0, 1, 2]                       # training seeds (the first for trials; all for the collector)
+    seeds: [0, 1, 2]                       # training seeds (the first for trials; all for the collector;
+                                           # default 0-4)
     time_budget_s: null                    # per family x stage experiment
     asha: {grace_period: 1, reduction_factor: 2}
     resources: {cpu: 1, gpu: 0}            # per trial; gpu may be fractional (0.25 packs four on one GPU)
@@ -21,6 +22,7 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
       - {stage: stage3, families: [linear], trials: 4, inputs: per_family}
     search_spaces: {}                      # family -> YAML path (default: search_spaces/<family>.yaml)
     points_to_evaluate: {mlp: [{model.hidden_size: 1024, ...}]}   # known-good starting points
+    collect: {top_k: 2}                    # configurations per family x stage the collector keeps
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEFAULT_SWEEP = SEARCH_SPACES / "sweeps" / "default.yaml"
 
 TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "time_budget_s", "asha", "resources", "max_concurrent",
-            "max_failures", "fixed", "stages", "search_spaces", "points_to_evaluate")
+            "max_failures", "fixed", "stages", "search_spaces", "points_to_evaluate", "collect")
 FOLD_PARAMS = {
     "n_splits": Param("int", 5, "Number of folds (ASHA's max_t).", low=2, high=50),
     "scheme": Param("str", "drug", "drug, multilabel or auto.", choices=("drug", "multilabel", "auto")),
@@ -58,6 +60,11 @@ RESOURCE_PARAMS = {
     "cpu": Param("float", 1.0, "CPUs per trial.", low=0.0, low_open=True),
     "gpu": Param("float", 0.0, "GPUs per trial (fractions pack several trials on one GPU).", low=0.0),
 }
+COLLECT_PARAMS = {
+    "top_k": Param("int", 2, "Configurations per family x stage the collector retrains and blends.", low=1),
+}
+#: Training seeds when the sweep file names none: the collector's 5-seed average.
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 STAGE_ENTRY_KEYS = ("stage", "families", "trials", "inputs")
 
 
@@ -85,6 +92,7 @@ class SweepSpec:
     stages: tuple[StageSpec, ...]
     spaces: dict[str, SearchSpace] = field(repr=False)
     points_to_evaluate: dict[str, list[dict[str, Any]]]
+    collect: dict[str, Any]
     source: str
     raw: dict[str, Any] = field(repr=False)
 
@@ -142,8 +150,9 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
     folds = section("folds", FOLD_PARAMS)
     asha = section("asha", ASHA_PARAMS)
     resources = section("resources", RESOURCE_PARAMS)
+    collect = section("collect", COLLECT_PARAMS)
     seed = _int(source, "seed", raw.get("seed", 0), 0)
-    seeds_raw = raw.get("seeds", [0])
+    seeds_raw = raw.get("seeds", list(DEFAULT_SEEDS))
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of ints. Got {seeds_raw!r}.")
     seeds = tuple(_int(source, "seeds", s, 0) for s in seeds_raw)
@@ -248,7 +257,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
         checked_points[family] = [dict(p) for p in plist]
 
     return SweepSpec(name, data, folds, seed, seeds, budget, asha, resources, max_concurrent, max_failures,
-                     dict(fixed), tuple(stages), spaces, checked_points, source, dict(raw))
+                     dict(fixed), tuple(stages), spaces, checked_points, collect, source, dict(raw))
 
 
 def load_sweep(path: str | os.PathLike | None = None) -> SweepSpec:

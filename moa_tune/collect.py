@@ -1,0 +1,351 @@
+"""The collector: top-k configurations x seeds retrained as Ray tasks, blended, exported.
+
+``collect(sweep_dir)`` turns a finished sweep into what its user takes home:
+
+1. per stage (in the sweep's order) and family, the ``top_k`` completed trials (lowest CV loss)
+   become *components*; each is retrained on every fold with each of the sweep's ``seeds`` as one
+   Ray task (``num_cpus``/``num_gpus`` as the sweep's trials), so the work spreads over the cluster;
+2. a component's predictions are the mean over its seeds (out-of-fold on train, fold-averaged on
+   test); the next stage's inputs are this stage's components combined as the sweep said
+   (``inputs: best`` -> their blend, ``per_family`` -> each family's mean side by side), so a
+   stage-3 stacker learns from the stage-2 ensemble's out-of-fold predictions;
+3. the scored components are blended on their out-of-fold predictions (:mod:`moa_tune.blend`:
+   Caruana selection and SLSQP weights, each also cross-fitted across folds);
+4. everything is written atomically: ``collect/`` (components.csv, blend.json, per_target.csv,
+   the blend's oof/test predictions, each component's predictions) and ``ensemble/`` (the export,
+   :mod:`moa_tune.export`), which :class:`moa_tune.predict.Ensemble` loads without Ray.
+
+Only the fan-out uses Ray; the retraining itself is :func:`moa_tune.train.cross_validate`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import ray
+import yaml
+
+from .blend import BlendResult, blend
+from .data import MoaData
+from .errors import ConfigError, MoaTuneError
+from .folds import Folds
+from .io import atomic_dir, write_json, write_text
+from .metric import columnwise_log_loss, log_loss
+from .predict import combine_inputs, mean_of
+from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
+from .sweep import DONE_MARKER, _init_ray, _quiet, load_sweep_data, resume_spec, trial_config
+from .sweep_spec import SweepSpec
+
+__all__ = ["Candidate", "CollectResult", "Component", "collect", "top_configs"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A completed trial picked for retraining."""
+
+    stage: str
+    family: str
+    rank: int
+    trial_id: str
+    sweep_loss: float
+    config: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}-{self.family}-r{self.rank}"
+
+
+@dataclass(frozen=True, eq=False)
+class Component:
+    """A candidate retrained with every seed: seed-averaged predictions and what the export needs."""
+
+    candidate: Candidate
+    seeds: tuple[int, ...]
+    seed_losses: tuple[float, ...]
+    loss: float
+    predictions: Predictions
+    output: list[int]
+    restore: list[int]
+    config: dict[str, Any]
+    files: dict[int, dict[str, bytes]]      # seed -> fold files (relative path -> bytes)
+    n_folds: int
+
+
+@dataclass(frozen=True, eq=False)
+class CollectResult:
+    path: Path                              # results/<sweep>
+    components: pd.DataFrame
+    blend: BlendResult
+    oof: np.ndarray                         # the blend's out-of-fold predictions (scored)
+    test: np.ndarray | None                 # the blend's test predictions
+    export: Path
+
+
+def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: int) -> list[Candidate]:
+    """The ``k`` completed trials of ``stage``/``family`` with the lowest CV loss, as full configs."""
+    done = sweep_dir / stage / family / DONE_MARKER
+    if not done.is_file():
+        raise ConfigError(f"{sweep_dir}: experiment {stage}/{family} has not finished; finish the sweep first "
+                          f"(moa-tune sweep --resume {sweep_dir})")
+    rows = json.loads(done.read_text())["trials"]
+    completed = sorted((r for r in rows if r.get("state") == "completed" and r.get("loss") is not None),
+                       key=lambda r: r["loss"])
+    picked = []
+    for rank, row in enumerate(completed[:k], start=1):
+        flat = {key[len("param."):]: value for key, value in row.items() if key.startswith("param.")}
+        config = trial_config(flat, spec.fixed_for(family), stage, None)
+        config["family"] = family
+        picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config))
+    return picked
+
+
+def retrain(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
+            threads: int | None) -> dict[str, Any]:
+    """One configuration with one seed on every fold; predictions, losses and the fold files as bytes.
+
+    Runs inside a Ray task: the fitted folds travel back as bytes, so the driver can write the
+    export even when the task ran on another node without a shared filesystem.
+    """
+    from .artifacts import save_fitted
+    from .config import resolve_config
+    from .stages import plan
+    from .train import CVResult, FoldReport, cross_validate
+
+    cfg = copy.deepcopy(dict(config))
+    cfg.setdefault("train", {})["seed"] = int(seed)
+    if threads:
+        cfg["train"].setdefault("num_threads", threads)
+    reports: list[FoldReport] = []
+    result: CVResult | None = None
+    for event in cross_validate(cfg, data, folds, inputs, keep_models=True):
+        if isinstance(event, FoldReport):
+            reports.append(event)
+        else:
+            result = event
+    assert result is not None
+    spec = plan(resolve_config(cfg), data, folds, inputs)
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in reports:
+            save_fitted(Path(tmp) / f"fold_{r.fold}", family=result.config["family"],
+                        model_params=result.config["model"], n_outputs=r.model_outputs, model=r.model,
+                        pipeline=r.pipeline)
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                files[path.relative_to(tmp).as_posix()] = path.read_bytes()
+    return {"seed": int(seed), "loss": result.loss, "oof": result.predictions.oof, "test": result.predictions.test,
+            "columns": list(result.predictions.columns), "output": spec.output.tolist(),
+            "restore": spec.restore.tolist(), "config": result.config, "files": files}
+
+
+def _truth(data: MoaData, stage: str) -> np.ndarray:
+    return (data.nonscored if stage == "stage1" else data.scored).astype(np.float32)
+
+
+def _component_loss(data: MoaData, folds: Folds, stage: str, oof: np.ndarray, restore: Sequence[int]) -> float:
+    used = folds.used
+    return log_loss(_truth(data, stage)[used][:, restore], oof[used][:, restore])
+
+
+def _recipe(mode: str, components: Sequence[Component], data: MoaData, folds: Folds) -> dict[str, Any]:
+    """How the next stage combines these components into its inputs (recorded in the manifest)."""
+    if mode == "per_family":
+        families: dict[str, list[str]] = {}
+        for c in components:
+            families.setdefault(c.candidate.family, []).append(c.candidate.id)
+        return {"mode": "per_family", "families": families}
+    stage = components[0].candidate.stage
+    restore = components[0].restore
+    used = folds.used
+    fitted = blend({c.candidate.id: c.predictions.oof[used][:, restore] for c in components},
+                   _truth(data, stage)[used][:, restore], folds.fold[used])
+    return {"mode": "blend", "weights": fitted.weights, "loss": fitted.loss,
+            "cross_fitted_loss": fitted.cross_fitted_loss, "method": fitted.chosen}
+
+
+def _inputs(recipe: Mapping[str, Any], components: Sequence[Component], folds: Folds) -> Predictions:
+    oof = combine_inputs(recipe, {c.candidate.id: c.predictions.oof for c in components})
+    has_test = all(c.predictions.test is not None for c in components)
+    test = combine_inputs(recipe, {c.candidate.id: c.predictions.test for c in components}) if has_test else None
+    if recipe["mode"] == "per_family":
+        by_id = {c.candidate.id: c for c in components}
+        columns = tuple(f"{f}:{col}" for f in sorted(recipe["families"])
+                        for col in by_id[recipe["families"][f][0]].predictions.columns)
+    else:
+        columns = components[0].predictions.columns
+    return Predictions(oof, test, columns, fold_fingerprint(folds), components[0].candidate.stage, "collected")
+
+
+def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: SweepSpec, data_ref: Any, folds: Folds,
+               inputs: Predictions | None, emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+    """Every (candidate, seed) as a Ray task; results grouped by candidate id, in seed order."""
+    threads = max(1, int(spec.resources["cpu"]))
+    task = ray.remote(retrain).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
+                                       max_retries=spec.max_failures, retry_exceptions=False)
+    inputs_ref = ray.put(inputs) if inputs is not None else None
+    pending = {task.remote(c.config, data_ref, folds, inputs_ref, s, threads): (c, s) for c in candidates for s in seeds}
+    total = len(pending)
+    results: dict[str, list[dict[str, Any]]] = {c.id: [] for c in candidates}
+    started = time.perf_counter()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        candidate, seed = pending.pop(ready[0])
+        try:
+            out = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            cause = str(exc).strip().splitlines()[-1][:300]
+            raise MoaTuneError(f"collect: retraining {candidate.id} (trial {candidate.trial_id}) with seed {seed} "
+                               f"failed: {cause}") from None
+        results[candidate.id].append(out)
+        emit(f"[collect] {candidate.id} seed {seed}: CV {out['loss']:.6f}  "
+             f"({total - len(pending)}/{total}, {time.perf_counter() - started:.0f} s)")
+    for rows in results.values():
+        rows.sort(key=lambda r: seeds.index(r["seed"]))
+    return results
+
+
+def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaData, folds: Folds,
+               n_folds: int) -> Component:
+    oof = mean_of([m["oof"] for m in members])
+    test = mean_of([m["test"] for m in members]) if members[0]["test"] is not None else None
+    predictions = Predictions(oof, test, tuple(members[0]["columns"]), fold_fingerprint(folds), candidate.stage,
+                              candidate.id)
+    restore = members[0]["restore"]
+    return Component(candidate, tuple(m["seed"] for m in members), tuple(m["loss"] for m in members),
+                     _component_loss(data, folds, candidate.stage, oof, restore), predictions, members[0]["output"],
+                     restore, members[0]["config"], {m["seed"]: m["files"] for m in members}, n_folds)
+
+
+def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
+            data_dir: str | os.PathLike | None = None, address: str | None = None, num_cpus: int | None = None,
+            emit: Callable[[str], None] = print) -> CollectResult:
+    """Retrain, blend and export the best configurations of the sweep in ``sweep_dir``."""
+    from .export import member_dir, write_export
+
+    sweep_dir = Path(sweep_dir).resolve()
+    spec = resume_spec(sweep_dir)
+    k = int(top_k if top_k is not None else spec.collect["top_k"])
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else spec.seeds))
+    if k < 1 or not seeds:
+        raise ConfigError("collect needs top_k >= 1 and at least one seed")
+    data = load_sweep_data(spec, data_dir)
+    folds_path = sweep_dir / "folds.npz"
+    if not folds_path.is_file():
+        raise ConfigError(f"{sweep_dir}: no folds.npz (the sweep did not start)")
+    folds = Folds.load(folds_path)
+    folds.check(data)
+    plan_by_stage = [(s, [c for f in s.families for c in top_configs(sweep_dir, spec, s.stage, f, k)])
+                     for s in spec.stages]
+    for stage_spec, candidates in plan_by_stage:
+        if not candidates:
+            raise MoaTuneError(f"{sweep_dir}: stage '{stage_spec.stage}' has no completed trial to collect")
+    n_tasks = sum(len(c) for _, c in plan_by_stage) * len(seeds)
+    emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {list(seeds)}: {n_tasks} retrainings "
+         f"of {folds.n_splits} folds")
+
+    _quiet()
+    started = _init_ray(address, num_cpus)
+    try:
+        data_ref = ray.put(data)
+        stages: list[dict[str, Any]] = []
+        components: list[Component] = []
+        previous: list[Component] = []
+        for stage_spec, candidates in plan_by_stage:
+            recipe = None
+            inputs = None
+            if NEEDS_INPUTS.get(stage_spec.stage):
+                recipe = _recipe(stage_spec.inputs, previous, data, folds)
+                inputs = _inputs(recipe, previous, folds)
+            results = _run_tasks(candidates, seeds, spec, data_ref, folds, inputs, emit)
+            current = [_component(c, results[c.id], data, folds, folds.n_splits) for c in candidates]
+            for c in current:
+                emit(f"[collect] {c.candidate.id}: {len(seeds)}-seed average CV {c.loss:.6f} "
+                     f"(sweep {c.candidate.sweep_loss:.6f}; seeds {', '.join(f'{x:.6f}' for x in c.seed_losses)})")
+            stages.append({"stage": stage_spec.stage, "components": [c.candidate.id for c in current],
+                           "inputs": recipe})
+            components.extend(current)
+            previous = current
+    finally:
+        if started:
+            ray.shutdown()
+
+    scored = [c for c in components if c.candidate.stage != "stage1"]
+    if not scored:
+        raise MoaTuneError(f"{sweep_dir}: no stage predicts the scored targets; nothing to blend")
+    used = folds.used
+    y = data.scored[used].astype(np.float32)
+    fitted = blend({c.candidate.id: c.predictions.oof[used] for c in scored}, y, folds.fold[used])
+    weights = fitted.weights
+    oof = combine_inputs({"mode": "blend", "weights": weights}, {c.candidate.id: c.predictions.oof for c in scored})
+    test = None
+    if all(c.predictions.test is not None for c in scored):
+        test = combine_inputs({"mode": "blend", "weights": weights}, {c.candidate.id: c.predictions.test for c in scored})
+    best_id, best_loss = fitted.best_component
+    emit(f"[collect] blend ({fitted.chosen}): CV {fitted.loss:.6f}, cross-fitted {fitted.cross_fitted_loss:.6f}; "
+         f"best component {best_id} {best_loss:.6f}")
+
+    # ---- collect/: figures and predictions
+    table = pd.DataFrame([{
+        "id": c.candidate.id, "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
+        "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
+        "seed_losses": ";".join(f"{x:.8f}" for x in c.seed_losses), "n_seeds": len(c.seeds),
+        "weight": weights.get(c.candidate.id, 0.0) if c.candidate.stage != "stage1" else None,
+    } for c in components])
+    per_target = pd.DataFrame({"target": list(data.scored_columns),
+                               "loss": columnwise_log_loss(y, oof[used]),
+                               "positives": data.scored[used].sum(axis=0).astype(int)})
+    out_dir = sweep_dir / "collect"
+    with atomic_dir(out_dir, overwrite=True) as staging:
+        with open(staging / "components.csv", "w") as handle:
+            table.to_csv(handle, index=False)
+        with open(staging / "per_target.csv", "w") as handle:
+            per_target.to_csv(handle, index=False)
+        write_json(staging / "blend.json", {**fitted.to_json(), "stages": stages, "seeds": list(seeds), "top_k": k})
+        Predictions(oof, test, tuple(data.scored_columns), fold_fingerprint(folds), "blend", "ensemble").save(staging)
+        for c in components:
+            c.predictions.save(staging / "components" / c.candidate.id)
+            write_text(staging / "components" / c.candidate.id / "config.yaml",
+                       yaml.safe_dump(c.config, sort_keys=False))
+
+    # ---- ensemble/: the export
+    files: dict[str, bytes] = {}
+    manifest_components: dict[str, Any] = {}
+    for c in components:
+        members = []
+        for seed in c.seeds:
+            base = member_dir(c.candidate.id, seed)
+            fold_dirs = sorted({name.split("/")[0] for name in c.files[seed]})
+            for name, content in c.files[seed].items():
+                files[f"{base}/{name}"] = content
+            members.append({"seed": seed, "folds": [f"{base}/{d}" for d in fold_dirs]})
+        manifest_components[c.candidate.id] = {
+            "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
+            "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
+            "seed_losses": list(c.seed_losses), "seeds": list(c.seeds), "config": c.config,
+            "columns": list(c.predictions.columns), "output": c.output, "restore": c.restore, "members": members,
+        }
+    manifest = {
+        "sweep": spec.name,
+        "features": {"gene_columns": list(data.train.gene_columns), "cell_columns": list(data.train.cell_columns),
+                     "meta_columns": ["sig_id", "cp_type", "cp_time", "cp_dose"]},
+        "targets": {"scored": list(data.scored_columns), "nonscored": list(data.nonscored_columns)},
+        "folds": {**folds.settings(), "fingerprint": fold_fingerprint(folds)},
+        "stages": stages,
+        "components": manifest_components,
+        "blend": {"method": fitted.chosen, "weights": weights, "loss": fitted.loss,
+                  "cross_fitted_loss": fitted.cross_fitted_loss,
+                  "methods": fitted.to_json()["methods"]},
+    }
+    export = write_export(sweep_dir / "ensemble", manifest, files)
+    emit(f"[collect] wrote {out_dir} and {export}")
+    return CollectResult(sweep_dir, table, fitted, oof, test, export)
