@@ -77,6 +77,7 @@ class Component:
     config: dict[str, Any]
     files: dict[int, dict[str, bytes]]      # seed -> fold files (relative path -> bytes)
     n_folds: int
+    nodes: tuple[str, ...]                  # Ray nodes the seeds ran on
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,6 +147,14 @@ def retrain(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Pred
             "restore": spec.restore.tolist(), "config": result.config, "files": files}
 
 
+def _retrain_task(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
+                  threads: int | None) -> dict[str, Any]:
+    """:func:`retrain` as a Ray task, recording the node it ran on."""
+    out = retrain(config, data, folds, inputs, seed, threads)
+    out["node"] = ray.get_runtime_context().get_node_id()
+    return out
+
+
 def _truth(data: MoaData, stage: str) -> np.ndarray:
     return (data.nonscored if stage == "stage1" else data.scored).astype(np.float32)
 
@@ -188,7 +197,7 @@ def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: Swee
                inputs: Predictions | None, emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
     """Every (candidate, seed) as a Ray task; results grouped by candidate id, in seed order."""
     threads = max(1, int(spec.resources["cpu"]))
-    task = ray.remote(retrain).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
+    task = ray.remote(_retrain_task).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
                                        max_retries=spec.max_failures, retry_exceptions=False)
     inputs_ref = ray.put(inputs) if inputs is not None else None
     pending = {task.remote(c.config, data_ref, folds, inputs_ref, s, threads): (c, s) for c in candidates for s in seeds}
@@ -223,7 +232,8 @@ def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaDat
     restore = members[0]["restore"]
     return Component(candidate, tuple(m["seed"] for m in members), tuple(m["loss"] for m in members),
                      _component_loss(data, folds, candidate.stage, oof, restore), predictions, members[0]["output"],
-                     restore, members[0]["config"], {m["seed"]: m["files"] for m in members}, n_folds)
+                     restore, members[0]["config"], {m["seed"]: m["files"] for m in members}, n_folds,
+                     tuple(dict.fromkeys(m["node"] for m in members)))
 
 
 def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
@@ -300,6 +310,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
         "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
         "seed_losses": ";".join(f"{x:.8f}" for x in c.seed_losses), "n_seeds": len(c.seeds),
         "weight": weights.get(c.candidate.id, 0.0) if c.candidate.stage != "stage1" else None,
+        "nodes": ";".join(c.nodes),
     } for c in components])
     per_target = pd.DataFrame({"target": list(data.scored_columns),
                                "loss": columnwise_log_loss(y, oof[used]),

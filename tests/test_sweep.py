@@ -102,6 +102,8 @@ try:
            "asha": {"grace_period": 3}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 6}]}
     spec = parse_sweep(raw, "<nodes>", SEARCH_SPACES / "sweeps")
     run_sweep(spec, generate("tiny", seed=0), sys.argv[1], address=cluster.address, emit=print)
+    from moa_tune.collect import collect
+    collect(sys.argv[1], top_k=3, seeds=[0, 1], address=cluster.address, emit=print)
 finally:
     import ray
     ray.shutdown()
@@ -110,7 +112,7 @@ finally:
 
 
 def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
-    """A head and two workers of one CPU each (ray.cluster_utils.Cluster), in a fresh process."""
+    """A head and two workers of one CPU each (ray.cluster_utils.Cluster), in a fresh process; sweep then collect."""
     import subprocess
     import sys
 
@@ -121,6 +123,11 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
     trials = pd.read_csv(tmp_path / "n" / "trials.csv")
     assert len(trials) == 6 and (trials.state == "completed").all(), trials[["state", "error"]]
     assert trials.node.nunique() > 1, trials.node
+    # the collector's retraining tasks spread over the nodes too
+    components = pd.read_csv(tmp_path / "n" / "collect" / "components.csv")
+    assert len(components) == 3 and (components.n_seeds == 2).all()
+    nodes = {n for cell in components.nodes for n in cell.split(";")}
+    assert len(nodes) > 1 and nodes <= set(trials.node), components.nodes
 
 
 def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ray, tiny, tmp_path: Path) -> None:

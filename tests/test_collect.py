@@ -1,0 +1,234 @@
+"""The collector, the export and prediction without Ray, through the CLI and the Python API.
+
+One tiny 3-stage sweep and its collection run once (in a subprocess, as a user runs them); the
+tests then check what was written and predict from the export in this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_cli
+from moa_tune import ExportError, load
+from moa_tune.folds import Folds
+from moa_tune.metric import log_loss
+from moa_tune.predict import Ensemble
+from moa_tune.stages import Predictions
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {
+    "name": "c",
+    "folds": {"n_splits": 3},
+    "seeds": [0, 1],
+    "asha": {"grace_period": 3},  # no pruning: every family has two completed trials to collect
+    "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64, "mlp": {"model.hidden_size": 32}},
+    "stages": [{"stage": "stage1", "families": ["linear"], "trials": 2},
+               {"stage": "stage2", "families": ["linear", "mlp"], "trials": 2},
+               {"stage": "stage3", "families": ["linear"], "trials": 2}],
+    "collect": {"top_k": 2},
+}
+
+
+def moa_tune(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("moa-tune")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "moa_tune.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory) -> dict:
+    from moa_tune.data import save
+    from moa_tune.synth import generate
+
+    root = tmp_path_factory.mktemp("collect")
+    data_dir = save(generate("tiny", seed=0), root / "data")
+    sweep_file = root / "c.yaml"
+    sweep_file.write_text(yaml.safe_dump({**SWEEP, "data": str(data_dir)}))
+    env = {**os.environ, "HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_AUTH_MODE", None)
+    results = root / "results"
+    sweep = subprocess.run(moa_tune("sweep", "--config", str(sweep_file), "--results", str(results), "--num-cpus", "2"),
+                           capture_output=True, text=True, env=env, timeout=900)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    done = subprocess.run(moa_tune("collect", str(results / "c"), "--num-cpus", "2"), capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return {"root": root, "data_dir": data_dir, "out": results / "c", "stdout": done.stdout, "env": env}
+
+
+def test_collect_retrains_top_k_with_every_seed(collected) -> None:
+    out = collected["out"]
+    table = pd.read_csv(out / "collect" / "components.csv")
+    assert sorted(table.id) == sorted(["stage1-linear-r1", "stage1-linear-r2", "stage2-linear-r1", "stage2-linear-r2",
+                                       "stage2-mlp-r1", "stage2-mlp-r2", "stage3-linear-r1", "stage3-linear-r2"])
+    assert (table.n_seeds == 2).all()
+    trials = pd.read_csv(out / "trials.csv")
+    data = load(collected["data_dir"])
+    folds = Folds.load(out / "folds.npz")
+    used = folds.used
+    for row in table.itertuples():
+        # rank r is the r-th best completed trial of its stage x family
+        mine = trials[(trials.stage == row.stage) & (trials.family == row.family) & (trials.state == "completed")]
+        assert row.trial_id == mine.sort_values("loss").trial_id.iloc[row.rank - 1]
+        # the component's loss is that of its seed-averaged out-of-fold predictions
+        pred = Predictions.load(out / "collect" / "components" / row.id)
+        truth = data.nonscored if row.stage == "stage1" else data.scored
+        keep = truth[used].sum(axis=0) > 0 if row.stage == "stage1" else np.ones(truth.shape[1], bool)
+        assert row.cv_loss == pytest.approx(log_loss(truth[used][:, keep], pred.oof[used][:, keep]), abs=1e-6)
+        if row.id == "stage1-linear-r1":  # no inputs: seed 0 retrains the best trial exactly (deterministic on CPU)
+            best = Predictions.load(out / "stage1" / "linear" / "best")
+            trial_loss = log_loss(truth[used][:, keep], best.oof[used][:, keep])
+            assert float(row.seed_losses.split(";")[0]) == pytest.approx(trial_loss, abs=1e-6)
+    assert "blend (" in collected["stdout"] and "cross-fitted" in collected["stdout"]
+
+
+def test_stages_chain_on_the_collected_predictions(collected) -> None:
+    blend = json.loads((collected["out"] / "collect" / "blend.json").read_text())
+    stages = {s["stage"]: s for s in blend["stages"]}
+    assert stages["stage1"]["inputs"] is None
+    assert stages["stage2"]["inputs"]["mode"] == "blend"  # inputs: best -> the stage-1 blend
+    assert set(stages["stage2"]["inputs"]["weights"]) == {"stage1-linear-r1", "stage1-linear-r2"}
+    # stage 3 (inputs: per_family by default) learns from each stage-2 family's seed-averaged mean
+    assert stages["stage3"]["inputs"] == {"mode": "per_family", "families": {
+        "linear": ["stage2-linear-r1", "stage2-linear-r2"], "mlp": ["stage2-mlp-r1", "stage2-mlp-r2"]}}
+
+
+def test_blend_figures_are_consistent(collected) -> None:
+    out = collected["out"]
+    blend = json.loads((out / "collect" / "blend.json").read_text())
+    assert set(blend["components"]) == {"stage2-linear-r1", "stage2-linear-r2", "stage2-mlp-r1", "stage2-mlp-r2",
+                                        "stage3-linear-r1", "stage3-linear-r2"}
+    assert set(blend["methods"]) == {"caruana", "slsqp"} and blend["chosen"] in blend["methods"]
+    weights = blend["methods"][blend["chosen"]]["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
+    # both methods include the best single component's weights as a candidate: never worse in-sample
+    assert blend["loss"] <= blend["best_component"]["loss"] + 1e-9
+    data = load(collected["data_dir"])
+    used = Folds.load(out / "folds.npz").used
+    oof = Predictions.load(out / "collect")
+    assert log_loss(data.scored[used], oof.oof[used]) == pytest.approx(blend["loss"], abs=1e-6)
+    per_target = pd.read_csv(out / "collect" / "per_target.csv")
+    assert list(per_target.target) == list(data.scored_columns)
+    assert per_target.loss.mean() == pytest.approx(blend["loss"], abs=1e-6)
+
+
+def test_export_predicts_what_the_collector_predicted(collected) -> None:
+    out = collected["out"]
+    manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
+    assert manifest["schema"] == 1 and manifest["moa_tune"] and manifest["torch"]
+    assert manifest["targets"]["scored"] and manifest["features"]["gene_columns"]
+    assert all(name.endswith((".safetensors", ".json", ".npz")) for name in manifest["files"])
+    assert not list((out / "ensemble").rglob("*.pt")) and not list((out / "ensemble").rglob("*.pkl"))
+    data = load(collected["data_dir"])
+    frame = pd.read_csv(collected["data_dir"] / "test_features.csv")
+    ensemble = Ensemble.load(out / "ensemble")
+    predicted = ensemble.predict(frame)
+    assert list(predicted.columns) == ["sig_id", *data.scored_columns]
+    assert predicted.sig_id.tolist() == data.test.sig_id.tolist()
+    expected = Predictions.load(out / "collect").test
+    np.testing.assert_allclose(predicted.iloc[:, 1:].to_numpy(), expected, atol=1e-6, rtol=0)
+    assert (predicted.iloc[:, 1:].to_numpy()[data.test.is_control] == 0).all()
+    # each stage-3 component's test predictions are reproduced too (the chain runs in order)
+    parts = ensemble.component_predictions(data.test)
+    for cid in ("stage1-linear-r1", "stage2-mlp-r2", "stage3-linear-r1"):
+        np.testing.assert_allclose(parts[cid], Predictions.load(out / "collect" / "components" / cid).test, atol=1e-6)
+
+
+def test_predict_cli_writes_a_checked_submission_without_ray_or_optuna(collected, tmp_path: Path) -> None:
+    out, data_dir = collected["out"], collected["data_dir"]
+    submission = tmp_path / "submission.csv"
+    code = ("import sys\nfrom moa_tune.cli import main\nsys.argv = ['moa-tune'] + sys.argv[1:]\n"
+            "try:\n    main()\nfinally:\n    print('IMPORTED', 'ray' in sys.modules, 'optuna' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(out / "ensemble"), "--data",
+                           str(data_dir), "--out", str(submission)], capture_output=True, text=True,
+                          env=collected["env"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED False False" in done.stdout
+    assert "checked against sample_submission.csv" in done.stdout
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    written = pd.read_csv(submission)
+    assert list(written.columns) == list(sample.columns) and written.sig_id.tolist() == sample.sig_id.tolist()
+    data = load(data_dir)
+    expected = pd.DataFrame(Predictions.load(out / "collect").test, columns=data.scored_columns)
+    expected.insert(0, "sig_id", data.test.sig_id)
+    expected = expected.set_index("sig_id").loc[written.sig_id, list(sample.columns[1:])]
+    np.testing.assert_allclose(written.iloc[:, 1:].to_numpy(), expected.to_numpy(), atol=1e-6, rtol=0)
+    # a bare test_features.csv works as well
+    code_, text, _ = run_predict(["--model", str(out / "ensemble"), "--data", str(data_dir / "test_features.csv"),
+                                  "--out", str(tmp_path / "bare.csv")])
+    assert code_ == 0 and "checked against" not in text
+    assert pd.read_csv(tmp_path / "bare.csv").shape == written.shape
+
+
+def run_predict(args: list[str]) -> tuple[int, str, str]:
+    done = subprocess.run(moa_tune("predict", *args), capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_export_refuses_changed_missing_and_incompatible_files(collected, tmp_path: Path, capsys) -> None:
+    source = collected["out"] / "ensemble"
+    manifest = json.loads((source / "manifest.json").read_text())
+    weights = sorted(n for n in manifest["files"] if n.endswith(".safetensors"))[0]
+
+    changed = shutil.copytree(source, tmp_path / "changed")
+    blob = bytearray((changed / weights).read_bytes())
+    blob[-1] ^= 0xFF
+    (changed / weights).write_bytes(bytes(blob))
+    with pytest.raises(ExportError, match="has changed since the export"):
+        Ensemble.load(changed)
+
+    missing = shutil.copytree(source, tmp_path / "missing")
+    (missing / weights).unlink()
+    with pytest.raises(ExportError, match=f"missing file {weights}"):
+        Ensemble.load(missing)
+
+    old = shutil.copytree(source, tmp_path / "old")
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema": 99}))
+    with pytest.raises(ExportError, match="schema 99"):
+        Ensemble.load(old)
+
+    submission = tmp_path / "s.csv"
+    code, text, err = run_cli(["predict", "--model", str(changed), "--data", str(collected["data_dir"]),
+                               "--out", str(submission)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and weights in err
+    assert not submission.exists()
+
+
+def test_predict_bad_input_exit_2(collected, tmp_path: Path, capsys) -> None:
+    out, data_dir = collected["out"], collected["data_dir"]
+    frame = pd.read_csv(data_dir / "test_features.csv")
+    gene = [c for c in frame.columns if c.startswith("g-")][1]
+    frame.drop(columns=[gene]).to_csv(tmp_path / "test_features.csv", index=False)
+    target = tmp_path / "s.csv"
+    code, _, err = run_cli(["predict", "--model", str(out / "ensemble"), "--data", str(tmp_path / "test_features.csv"),
+                            "--out", str(target)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and gene in err and "test_features.csv" in err
+    bad = frame.copy()
+    bad.loc[3, gene] = np.nan
+    bad.to_csv(tmp_path / "test_features.csv", index=False)
+    code, _, err = run_cli(["predict", "--model", str(out / "ensemble"), "--data", str(tmp_path / "test_features.csv"),
+                            "--out", str(target)], capsys)
+    assert code == 2 and "row 4" in err and gene in err
+    # a sample submission for other ids
+    mismatch = shutil.copytree(data_dir, tmp_path / "mismatch")
+    sample = pd.read_csv(mismatch / "sample_submission.csv")
+    sample.loc[0, "sig_id"] = "id_not_in_test"
+    sample.to_csv(mismatch / "sample_submission.csv", index=False)
+    code, _, err = run_cli(["predict", "--model", str(out / "ensemble"), "--data", str(mismatch),
+                            "--out", str(target)], capsys)
+    assert code == 2 and "id_not_in_test" in err
+    code, _, err = run_cli(["predict", "--model", str(tmp_path / "nothing"), "--data", str(data_dir),
+                            "--out", str(target)], capsys)
+    assert code == 2 and "nothing" in err
+    assert not target.exists()
+    code, _, err = run_cli(["collect", str(tmp_path)], capsys)
+    assert code == 2 and "no sweep.yaml" in err
