@@ -379,6 +379,104 @@ def predict_cmd(
               f"({n_control:,} control rows set to 0)" + (f"; checked against {sample_name}" if sample is not None else ""))
 
 
+@app.command("report")
+def report_cmd(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (results/<sweep-name>)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Where to write it [default: SWEEP_DIR/report.html]."),
+) -> None:
+    """Write a self-contained HTML report of a sweep (and of its collection, once collected)."""
+    from .report import write_report
+
+    with _working("writing the report"):
+        path = write_report(sweep_dir, out_file)
+    out.print(f"wrote {path}")
+
+
+@app.command("run")
+def run_cmd(
+    data_dir: Optional[Path] = typer.Option(None, "--data", help="A lish-moa directory [default: the sweep file's "
+                                            "data; the embedded default synthesizes the small preset]."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A sweep file [default: search_spaces/sweeps/default.yaml]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name, the folder under results/ [default: the file's name]."),
+    results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of run folders."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
+                                          "else a local Ray]."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
+    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier run of the same name."),
+) -> None:
+    """The whole job: sweep every family x stage, collect, blend, export, predict the test set, report."""
+    import time
+    from dataclasses import replace
+
+    import ray
+
+    from .collect import collect
+    from .errors import ConfigError
+    from .io import atomic_file
+    from .predict import Ensemble, submission_frame
+    from .report import write_report
+    from .sweep import _init_ray, load_sweep_data, run_sweep
+    from .sweep_spec import load_sweep
+
+    started = time.perf_counter()
+    spec = load_sweep(config_file)
+    if name is not None:
+        spec = replace(spec, name=name)
+    run_dir = results / spec.name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"{run_dir}: a run named '{spec.name}' is already here; replace it with --force "
+                              f"or choose another --name")
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+    def step(number: int, text: str) -> None:
+        out.print(f"[{number}/5] {text}  ({time.perf_counter() - started:.0f} s)", markup=False)
+
+    step(1, "data: " + (str(data_dir) if data_dir is not None else
+                        str(spec.data) if isinstance(spec.data, str) else
+                        f"synthetic '{spec.data['synth']}' preset (seed {spec.data['seed']})"))
+    data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+    if data.test is None:
+        raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
+    ours = _init_ray(address, num_cpus)
+    try:
+        step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
+        result = run_sweep(spec, data, run_dir, address=address, emit=_emit)
+        step(3, "collect: retrain the best configurations with several seeds, blend, export")
+        collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
+                            data=data, address=address, emit=_emit)
+    finally:
+        if ours:
+            ray.shutdown()
+    _print_blend(collected.blend)
+    step(4, "predict the test set from the export (no Ray)")
+    ensemble = Ensemble.load(collected.export)
+    sample = None
+    if data_dir is not None:
+        from .data import find_file
+        import pandas as pd
+
+        sample_file = find_file(data_dir, "sample_submission")
+        if sample_file is not None:
+            sample = pd.read_csv(sample_file, dtype={"sig_id": str})
+    submission = submission_frame(ensemble.predict(data.test, "test_features"), sample)
+    with atomic_file(run_dir / "submission.csv") as tmp:
+        submission.to_csv(tmp, index=False, float_format="%.8g")
+    step(5, "report")
+    report = write_report(run_dir)
+    n_trials = len(result.trials)
+    out.print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {n_trials} trials, blend CV "
+              f"{collected.blend.loss:.6f} (cross-fitted {collected.blend.cross_fitted_loss:.6f}); "
+              f"best single component {collected.blend.best_component[1]:.6f}")
+    out.print(f"  ensemble:   {collected.export}")
+    out.print(f"  submission: {run_dir / 'submission.csv'}")
+    out.print(f"  report:     {report}")
+
+
 def _emit(line: str) -> None:
     out.print(line, markup=False)
 

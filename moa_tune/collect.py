@@ -237,9 +237,12 @@ def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaDat
 
 
 def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
-            data_dir: str | os.PathLike | None = None, address: str | None = None, num_cpus: int | None = None,
-            emit: Callable[[str], None] = print) -> CollectResult:
-    """Retrain, blend and export the best configurations of the sweep in ``sweep_dir``."""
+            data_dir: str | os.PathLike | None = None, data: MoaData | None = None, address: str | None = None,
+            num_cpus: int | None = None, emit: Callable[[str], None] = print) -> CollectResult:
+    """Retrain, blend and export the best configurations of the sweep in ``sweep_dir``.
+
+    The data is ``data`` if given (already loaded), else ``data_dir``, else what the sweep used.
+    """
     from .export import member_dir, write_export
 
     sweep_dir = Path(sweep_dir).resolve()
@@ -248,7 +251,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     seeds = tuple(int(s) for s in (seeds if seeds is not None else spec.seeds))
     if k < 1 or not seeds:
         raise ConfigError("collect needs top_k >= 1 and at least one seed")
-    data = load_sweep_data(spec, data_dir)
+    data = data if data is not None else load_sweep_data(spec, data_dir)
     folds_path = sweep_dir / "folds.npz"
     if not folds_path.is_file():
         raise ConfigError(f"{sweep_dir}: no folds.npz (the sweep did not start)")

@@ -232,3 +232,15 @@ def test_predict_bad_input_exit_2(collected, tmp_path: Path, capsys) -> None:
     assert not target.exists()
     code, _, err = run_cli(["collect", str(tmp_path)], capsys)
     assert code == 2 and "no sweep.yaml" in err
+
+
+def test_report_cli_covers_the_sweep_and_its_collection(collected, tmp_path: Path, capsys) -> None:
+    out = collected["out"]
+    target = tmp_path / "r.html"
+    code, text, err = run_cli(["report", str(out), "--out", str(target)], capsys)
+    assert code == 0, err
+    page = target.read_text()
+    assert "not available yet" not in page  # trials, components, blend and per-target figures all present
+    blend = json.loads((out / "collect" / "blend.json").read_text())
+    assert blend["chosen"] in page and "stage3-linear-r1" in page
+    assert page.count("data:image/png;base64") >= 6

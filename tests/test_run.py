@@ -1,0 +1,56 @@
+"""`moa-tune run`: the whole job (sweep, collect, blend, export, predict, report) in one command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from moa_tune.predict import Ensemble
+from moa_tune.stages import Predictions
+from moa_tune.synth import generate
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {
+    "name": "job", "data": {"synth": "tiny", "seed": 2}, "folds": {"n_splits": 3}, "seeds": [0, 1],
+    "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64, "mlp": {"model.hidden_size": 32}},
+    "stages": [{"stage": "stage1", "families": ["linear"], "trials": 2},
+               {"stage": "stage2", "families": ["mlp", "linear"], "trials": 2}],
+    "collect": {"top_k": 1},
+}
+
+
+def test_run_does_the_whole_job(tmp_path: Path) -> None:
+    sweep_file = tmp_path / "job.yaml"
+    sweep_file.write_text(yaml.safe_dump(SWEEP))
+    script = Path(sys.executable).with_name("moa-tune")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("RAY_AUTH_MODE", None)
+    args = [*command, "run", "--config", str(sweep_file), "--results", str(tmp_path / "results"), "--num-cpus", "2"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "results" / "job"
+    for n in range(1, 6):
+        assert f"[{n}/5]" in done.stdout
+    for line in ("ensemble:   " + str(run_dir / "ensemble"), "submission: " + str(run_dir / "submission.csv"),
+                 "report:     " + str(run_dir / "report.html")):
+        assert line in done.stdout
+    data = generate("tiny", seed=2)
+    submission = pd.read_csv(run_dir / "submission.csv")
+    assert list(submission.columns) == ["sig_id", *data.scored_columns]
+    assert submission.sig_id.tolist() == data.test.sig_id.tolist()
+    np.testing.assert_allclose(submission.iloc[:, 1:].to_numpy(), Predictions.load(run_dir / "collect").test,
+                               atol=1e-6, rtol=0)
+    assert (submission.iloc[:, 1:].to_numpy()[data.test.is_control] == 0).all()
+    assert "Blend weights" in (run_dir / "report.html").read_text()
+    assert Ensemble.load(run_dir / "ensemble").components == ["stage1-linear-r1", "stage2-mlp-r1", "stage2-linear-r1"]
+    # a second run of the same name does not overwrite the first without --force
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
