@@ -5,7 +5,7 @@ started from nothing) on the embedded default sweep (synthetic ``small`` preset,
 times it end to end and per step from the command's own progress lines, and checks the budget
 of 10 minutes on this machine.
 
-Usage: python bench/run_time.py [--budget-s 600] [--num-cpus N] [--quick]
+Usage: python bench/run_time.py [--budget-s 600] [--num-cpus N] [--quick] [--keep DIR]
 Writes bench/results/run_time.json and bench/results/run_time.md (run_time-quick.* with --quick,
 which runs a tiny sweep to check the script itself).
 """
@@ -42,12 +42,15 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=600.0)
     parser.add_argument("--num-cpus", type=int, default=None, help="passed to moa-tune run [default: all]")
     parser.add_argument("--quick", action="store_true", help="a tiny sweep, to check this script")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the run's results folder here (e.g. for bench/report_screenshot.py)")
     args = parser.parse_args()
 
     script = Path(sys.executable).with_name("moa-tune")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
     with tempfile.TemporaryDirectory(prefix="moa-run-bench-") as tmp:
-        run_args = [*command, "run", "--results", str(Path(tmp) / "results")]
+        results = args.keep.resolve() if args.keep else Path(tmp) / "results"
+        run_args = [*command, "run", "--results", str(results), "--force"]
         if args.quick:
             sweep_file = Path(tmp) / "quick.yaml"
             sweep_file.write_text(yaml.safe_dump(QUICK_SWEEP))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .data import Features, MoaData, describe, load, save
 from .errors import ConfigError, DataError, DataWarning, ExportError, MoaTuneError
 from .metric import log_loss
+from .predict import Ensemble
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataWarning",
+    "Ensemble",
     "ExportError",
     "Features",
     "MoaData",

@@ -21,7 +21,7 @@ from conftest import run_cli
 from moa_tune import ExportError, load
 from moa_tune.folds import Folds
 from moa_tune.metric import log_loss
-from moa_tune.predict import Ensemble
+from moa_tune import Ensemble
 from moa_tune.stages import Predictions
 
 pytestmark = pytest.mark.slow

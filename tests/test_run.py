@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from moa_tune.predict import Ensemble
+from moa_tune import Ensemble
 from moa_tune.stages import Predictions
 from moa_tune.synth import generate
 
