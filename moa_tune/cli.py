@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would eat the brackets
 )
 data_app = typer.Typer(help="Read, check, describe and synthesize lish-moa data directories.",
                        no_args_is_help=True)
@@ -401,6 +402,8 @@ def run_cmd(
     results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of run folders."),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
                                           "else a local Ray]."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Where Tune keeps experiments (s3://, gs://, a "
+                                          "shared path; needed on clusters of several machines) [default: the run folder]."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
     n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),
@@ -445,7 +448,7 @@ def run_cmd(
     ours = _init_ray(address, num_cpus)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
-        result = run_sweep(spec, data, run_dir, address=address, emit=_emit)
+        result = run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit)
         step(3, "collect: retrain the best configurations with several seeds, blend, export")
         collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
                             data=data, address=address, emit=_emit)
@@ -475,6 +478,23 @@ def run_cmd(
     out.print(f"  ensemble:   {collected.export}")
     out.print(f"  submission: {run_dir / 'submission.csv'}")
     out.print(f"  report:     {report}")
+
+
+@app.command("status")
+def status_cmd(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder (results/<sweep-name>), running or finished."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+) -> None:
+    """Where a sweep stands, from its files (no Ray): trials per family x stage, best so far, what remains."""
+    from .status import status_lines, status_table, sweep_status
+
+    summary = sweep_status(sweep_dir)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(status_table(summary))
+    for line in status_lines(summary):
+        out.print(line, markup=False)
 
 
 def _emit(line: str) -> None:
