@@ -36,6 +36,14 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 DEFAULT_RESULTS = Path("results")
+#: moa_tune.sweep.DASHBOARD_HOST (not imported from there: that would import Ray for every command)
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def _dashboard_host_option():  # noqa: ANN202 (a typer OptionInfo)
+    return typer.Option(DASHBOARD_HOST, "--dashboard-host", metavar="HOST",
+                        help="Where a local Ray serves its dashboard (token-protected): 127.0.0.1 for this machine "
+                        "only, 0.0.0.0 for every interface; ignored with --address.")
 
 
 @contextmanager
@@ -266,6 +274,7 @@ def sweep(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Resume the interrupted sweep in this folder."),
     results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of sweep folders."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+    dashboard_host: str = _dashboard_host_option(),
     force: bool = typer.Option(False, "--force", help="Delete an earlier sweep of the same name first."),
 ) -> None:
     """Tune every family x stage of a sweep file on Ray Tune (OptunaSearch + fold-level ASHA)."""
@@ -297,7 +306,7 @@ def sweep(
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
-                       num_cpus=num_cpus, emit=_emit)
+                       num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
     out.print(f"{len(result.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for (stage, family), meta in result.best.items():
@@ -316,12 +325,14 @@ def collect_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
                                           "else a local Ray]."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+    dashboard_host: str = _dashboard_host_option(),
 ) -> None:
     """Retrain the best configurations with several seeds (Ray tasks), blend them, export the ensemble."""
     from .collect import collect
 
     result = collect(sweep_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
-                     data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit)
+                     data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit,
+                     dashboard_host=dashboard_host)
     _print_blend(result.blend)
     out.print(f"wrote {result.path / 'collect'} and {result.export}")
 
@@ -407,6 +418,7 @@ def run_cmd(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
     n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),
+    dashboard_host: str = _dashboard_host_option(),
     force: bool = typer.Option(False, "--force", help="Replace an earlier run of the same name."),
 ) -> None:
     """The whole job: sweep every family x stage, collect, blend, export, predict the test set, report."""
@@ -445,7 +457,7 @@ def run_cmd(
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
     if data.test is None:
         raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
-    ours = _init_ray(address, num_cpus)
+    ours = _init_ray(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
         result = run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit)

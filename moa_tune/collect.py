@@ -36,12 +36,13 @@ import yaml
 from .blend import BlendResult, blend
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
+from .export import write_manifest
 from .folds import Folds
 from .io import atomic_dir, write_json, write_text
 from .metric import columnwise_log_loss, log_loss
 from .predict import combine_inputs, mean_of
 from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
-from .sweep import DONE_MARKER, _init_ray, _quiet, load_sweep_data, resume_spec, trial_config
+from .sweep import DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, resume_spec, trial_config
 from .sweep_spec import SweepSpec
 
 __all__ = ["Candidate", "CollectResult", "Component", "collect", "top_configs"]
@@ -75,7 +76,7 @@ class Component:
     output: list[int]
     restore: list[int]
     config: dict[str, Any]
-    files: dict[int, dict[str, bytes]]      # seed -> fold files (relative path -> bytes)
+    folds_of: dict[int, list[str]]          # seed -> its fold folders, relative to the export
     n_folds: int
     nodes: tuple[str, ...]                  # Ray nodes the seeds ran on
 
@@ -194,8 +195,14 @@ def _inputs(recipe: Mapping[str, Any], components: Sequence[Component], folds: F
 
 
 def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: SweepSpec, data_ref: Any, folds: Folds,
-               inputs: Predictions | None, emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
-    """Every (candidate, seed) as a Ray task; results grouped by candidate id, in seed order."""
+               inputs: Predictions | None, staging: Path, emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+    """Every (candidate, seed) as a Ray task; results grouped by candidate id, in seed order.
+
+    Each finished task's fold files are written under ``staging`` (the export being built) at
+    once and dropped from memory, so the driver never holds every network of the ensemble.
+    """
+    from .export import member_dir
+
     threads = max(1, int(spec.resources["cpu"]))
     task = ray.remote(_retrain_task).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
                                        max_retries=spec.max_failures, retry_exceptions=False)
@@ -215,6 +222,12 @@ def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: Swee
             cause = str(exc).strip().splitlines()[-1][:300]
             raise MoaTuneError(f"collect: retraining {candidate.id} (trial {candidate.trial_id}) with seed {seed} "
                                f"failed: {cause}") from None
+        base = member_dir(candidate.id, seed)
+        for name, content in out.pop("files").items():
+            path = staging / base / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        out["folds"] = sorted({f"{base}/{name.split('/')[0]}" for name in os.listdir(staging / base)})
         results[candidate.id].append(out)
         emit(f"[collect] {candidate.id} seed {seed}: CV {out['loss']:.6f}  "
              f"({total - len(pending)}/{total}, {time.perf_counter() - started:.0f} s)")
@@ -232,19 +245,18 @@ def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaDat
     restore = members[0]["restore"]
     return Component(candidate, tuple(m["seed"] for m in members), tuple(m["loss"] for m in members),
                      _component_loss(data, folds, candidate.stage, oof, restore), predictions, members[0]["output"],
-                     restore, members[0]["config"], {m["seed"]: m["files"] for m in members}, n_folds,
+                     restore, members[0]["config"], {m["seed"]: m["folds"] for m in members}, n_folds,
                      tuple(dict.fromkeys(m["node"] for m in members)))
 
 
 def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
             data_dir: str | os.PathLike | None = None, data: MoaData | None = None, address: str | None = None,
-            num_cpus: int | None = None, emit: Callable[[str], None] = print) -> CollectResult:
+            num_cpus: int | None = None, emit: Callable[[str], None] = print,
+            dashboard_host: str = DASHBOARD_HOST) -> CollectResult:
     """Retrain, blend and export the best configurations of the sweep in ``sweep_dir``.
 
     The data is ``data`` if given (already loaded), else ``data_dir``, else what the sweep used.
     """
-    from .export import member_dir, write_export
-
     sweep_dir = Path(sweep_dir).resolve()
     spec = resume_spec(sweep_dir)
     k = int(top_k if top_k is not None else spec.collect["top_k"])
@@ -267,7 +279,21 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
          f"of {folds.n_splits} folds")
 
     _quiet()
-    started = _init_ray(address, num_cpus)
+    with atomic_dir(sweep_dir / "ensemble", overwrite=True) as staging:
+        components, stages = _retrain_stages(plan_by_stage, seeds, spec, data, folds, staging, address, num_cpus,
+                                             dashboard_host, emit)
+        fitted, oof, test, table = _blend_and_write(sweep_dir, components, stages, seeds, k, data, folds, emit)
+        write_manifest(staging, _manifest(spec, data, folds, stages, components, fitted))
+    export = sweep_dir / "ensemble"
+    emit(f"[collect] wrote {sweep_dir / 'collect'} and {export}")
+    return CollectResult(sweep_dir, table, fitted, oof, test, export)
+
+
+def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds: Sequence[int], spec: SweepSpec,
+                    data: MoaData, folds: Folds, staging: Path, address: str | None, num_cpus: int | None,
+                    dashboard_host: str, emit: Callable[[str], None]) -> tuple[list[Component], list[dict[str, Any]]]:
+    """Stage by stage: the candidates x seeds as Ray tasks, then the next stage's inputs from them."""
+    started = _init_ray(address, num_cpus, dashboard_host, emit)
     try:
         data_ref = ray.put(data)
         stages: list[dict[str, Any]] = []
@@ -279,7 +305,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
             if NEEDS_INPUTS.get(stage_spec.stage):
                 recipe = _recipe(stage_spec.inputs, previous, data, folds)
                 inputs = _inputs(recipe, previous, folds)
-            results = _run_tasks(candidates, seeds, spec, data_ref, folds, inputs, emit)
+            results = _run_tasks(candidates, seeds, spec, data_ref, folds, inputs, staging, emit)
             current = [_component(c, results[c.id], data, folds, folds.n_splits) for c in candidates]
             for c in current:
                 emit(f"[collect] {c.candidate.id}: {len(seeds)}-seed average CV {c.loss:.6f} "
@@ -288,10 +314,16 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
                            "inputs": recipe})
             components.extend(current)
             previous = current
+        return components, stages
     finally:
         if started:
             ray.shutdown()
 
+
+def _blend_and_write(sweep_dir: Path, components: Sequence[Component], stages: list[dict[str, Any]],
+                     seeds: Sequence[int], k: int, data: MoaData, folds: Folds, emit: Callable[[str], None]
+                     ) -> tuple[BlendResult, np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """Blend the scored components; write ``collect/`` (figures and predictions) atomically."""
     scored = [c for c in components if c.candidate.stage != "stage1"]
     if not scored:
         raise MoaTuneError(f"{sweep_dir}: no stage predicts the scored targets; nothing to blend")
@@ -306,8 +338,6 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     best_id, best_loss = fitted.best_component
     emit(f"[collect] blend ({fitted.chosen}): CV {fitted.loss:.6f}, cross-fitted {fitted.cross_fitted_loss:.6f}; "
          f"best component {best_id} {best_loss:.6f}")
-
-    # ---- collect/: figures and predictions
     table = pd.DataFrame([{
         "id": c.candidate.id, "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
         "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
@@ -318,8 +348,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     per_target = pd.DataFrame({"target": list(data.scored_columns),
                                "loss": columnwise_log_loss(y, oof[used]),
                                "positives": data.scored[used].sum(axis=0).astype(int)})
-    out_dir = sweep_dir / "collect"
-    with atomic_dir(out_dir, overwrite=True) as staging:
+    with atomic_dir(sweep_dir / "collect", overwrite=True) as staging:
         with open(staging / "components.csv", "w") as handle:
             table.to_csv(handle, index=False)
         with open(staging / "per_target.csv", "w") as handle:
@@ -330,36 +359,26 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
             c.predictions.save(staging / "components" / c.candidate.id)
             write_text(staging / "components" / c.candidate.id / "config.yaml",
                        yaml.safe_dump(c.config, sort_keys=False))
+    return fitted, oof, test, table
 
-    # ---- ensemble/: the export
-    files: dict[str, bytes] = {}
-    manifest_components: dict[str, Any] = {}
-    for c in components:
-        members = []
-        for seed in c.seeds:
-            base = member_dir(c.candidate.id, seed)
-            fold_dirs = sorted({name.split("/")[0] for name in c.files[seed]})
-            for name, content in c.files[seed].items():
-                files[f"{base}/{name}"] = content
-            members.append({"seed": seed, "folds": [f"{base}/{d}" for d in fold_dirs]})
-        manifest_components[c.candidate.id] = {
-            "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
-            "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
-            "seed_losses": list(c.seed_losses), "seeds": list(c.seeds), "config": c.config,
-            "columns": list(c.predictions.columns), "output": c.output, "restore": c.restore, "members": members,
-        }
-    manifest = {
+
+def _manifest(spec: SweepSpec, data: MoaData, folds: Folds, stages: list[dict[str, Any]],
+              components: Sequence[Component], fitted: BlendResult) -> dict[str, Any]:
+    """What :class:`moa_tune.predict.Ensemble` needs to run the chain, and what a reader wants to know."""
+    return {
         "sweep": spec.name,
         "features": {"gene_columns": list(data.train.gene_columns), "cell_columns": list(data.train.cell_columns),
                      "meta_columns": ["sig_id", "cp_type", "cp_time", "cp_dose"]},
         "targets": {"scored": list(data.scored_columns), "nonscored": list(data.nonscored_columns)},
         "folds": {**folds.settings(), "fingerprint": fold_fingerprint(folds)},
         "stages": stages,
-        "components": manifest_components,
-        "blend": {"method": fitted.chosen, "weights": weights, "loss": fitted.loss,
-                  "cross_fitted_loss": fitted.cross_fitted_loss,
-                  "methods": fitted.to_json()["methods"]},
+        "components": {c.candidate.id: {
+            "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
+            "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
+            "seed_losses": list(c.seed_losses), "seeds": list(c.seeds), "config": c.config,
+            "columns": list(c.predictions.columns), "output": c.output, "restore": c.restore,
+            "members": [{"seed": seed, "folds": c.folds_of[seed]} for seed in c.seeds],
+        } for c in components},
+        "blend": {"method": fitted.chosen, "weights": fitted.weights, "loss": fitted.loss,
+                  "cross_fitted_loss": fitted.cross_fitted_loss, "methods": fitted.to_json()["methods"]},
     }
-    export = write_export(sweep_dir / "ensemble", manifest, files)
-    emit(f"[collect] wrote {out_dir} and {export}")
-    return CollectResult(sweep_dir, table, fitted, oof, test, export)

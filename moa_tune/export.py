@@ -8,8 +8,10 @@ Layout of ``results/<sweep>/ensemble/``::
 A component is one configuration (``<stage>-<family>-r<rank>``) retrained with several seeds on
 every fold. The manifest says how the stages chain (which components feed the next stage, and
 how) and how the scored components are blended; :class:`moa_tune.predict.Ensemble` follows it.
-The folder is written under a temporary name and renamed into place, so a reader never sees half
-an export; every file's sha256 is recorded so a changed or missing file is caught at load time.
+The collector builds the folder under a temporary name (fold files land there as Ray tasks
+finish, so no driver holds the whole ensemble in memory) and renames it into place only after
+:func:`write_manifest`, so a reader never sees half an export; every file's sha256 is recorded so
+a changed or missing file is caught at load time.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .io import atomic_dir, write_json
+from .io import write_json
 from .predict import MANIFEST, SCHEMA, sha256
 
-__all__ = ["member_dir", "write_export"]
+__all__ = ["member_dir", "write_manifest"]
 
 
 def member_dir(component: str, seed: int) -> str:
@@ -30,27 +32,21 @@ def member_dir(component: str, seed: int) -> str:
     return f"{component}/seed{seed}"
 
 
-def write_export(target: str | os.PathLike, manifest: Mapping[str, Any],
-                 files: Mapping[str, bytes]) -> Path:
-    """Write ``files`` (relative path -> bytes) and ``manifest`` (completed with versions and sha256s).
+def write_manifest(staging: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    """Complete ``manifest`` with versions and the sha256 of every file in ``staging``; write it there.
 
-    ``manifest`` holds everything but ``schema``, versions and ``files``, which are added here.
-    Replaces ``target`` atomically.
+    ``staging`` is the export being built (the temporary folder of :func:`moa_tune.io.atomic_dir`,
+    renamed into place by the caller once this returns); ``manifest`` holds everything but
+    ``schema``, versions and ``files``.
     """
     import numpy as np
     import torch
 
     from . import __version__
 
-    target = Path(target)
-    with atomic_dir(target, overwrite=True) as staging:
-        for name, content in files.items():
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        full = {"schema": SCHEMA, "moa_tune": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **dict(manifest),
-                "files": {name: sha256(staging / name) for name in sorted(files)}}
-        write_json(staging / MANIFEST, full)
-    return target
+    staging = Path(staging)
+    names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    full = {"schema": SCHEMA, "moa_tune": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **dict(manifest), "files": {name: sha256(staging / name) for name in names}}
+    return write_json(staging / MANIFEST, full)

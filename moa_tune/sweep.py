@@ -211,8 +211,26 @@ def prepare_token_auth(starting_local: bool) -> None:
     setup._enable_token_auth()
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when we started it."""
+#: Where a local Ray started by moa-tune serves its dashboard (loopback: this machine only).
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def _token_source() -> str:
+    """Where the dashboard's token is, in words (the page asks for it)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    return str(Path.home() / ".ray" / "auth_token")
+
+
+def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
+              emit: Callable[[str], None] | None = None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when we started it.
+
+    A local Ray serves the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the
+    next free one), behind the same token as the cluster; its URL goes to ``emit``.
+    """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -221,7 +239,14 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
         return True
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **kwargs)
+    url = getattr(context, "dashboard_url", None)
+    if emit is not None and url:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            note = f"token in {_token_source()}"
+        else:
+            note = "no token authentication: anyone who can reach it controls this Ray"
+        emit(f"Ray dashboard: http://{url} ({note})")
     return True
 
 
@@ -295,7 +320,7 @@ def _stage_inputs(mode: str, previous: Mapping[str, tuple[Predictions, dict]]) -
 
 def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address: str | None = None,
               storage: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              emit: Callable[[str], None] = print) -> SweepResult:
+              emit: Callable[[str], None] = print, dashboard_host: str = DASHBOARD_HOST) -> SweepResult:
     """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -322,7 +347,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
     storage_root = storage.rstrip("/") + "/" + spec.name if storage else str(out)
 
-    started = _init_ray(address, num_cpus)
+    started = _init_ray(address, num_cpus, dashboard_host, emit)
     try:
         check_resources(spec)
         concurrency = _concurrency(spec)

@@ -156,7 +156,8 @@ def test_bad_sweep_file(case: str, tmp_path: Path, capsys) -> None:
 def test_default_sweep_is_valid_and_starts_from_the_seed_notebook() -> None:
     spec = load_sweep()
     assert [s.stage for s in spec.stages] == ["stage1", "stage2", "stage3"]
+    assert spec.stages[1].families == ("mlp", "resnet2head", "tabnet", "linear")  # every family at stage 2
     point = spec.points_to_evaluate["mlp"][0]
-    assert point["model.hidden_size"] == 1024 and point["features.gene_pca"] == 600
+    assert point["features.scaler"] == "rankgauss" and point["model.dropout"] == 0.5
     space = spec.spaces["mlp"]
     resolve_config(space.to_config({**point, "family": "mlp"}))

@@ -1,0 +1,157 @@
+"""Watching a sweep: the Ray dashboard of ``moa-tune sweep``, and TensorBoard events per trial.
+
+- ``moa-tune sweep`` without ``--address`` serves the dashboard on 127.0.0.1 behind the token and
+  prints its URL (run in a subprocess: one Ray session per pytest process is the rule here; this
+  test comes first in the module, before the module's own Ray starts).
+- Tune (2.60) writes TensorBoard events itself for function trainables when tensorboardX is
+  installed (its default TBX logger callback); they are read back with TensorBoard's own reader,
+  the way ``tensorboard --logdir results/<sweep>`` finds them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import ray
+import yaml
+
+from moa_tune.sweep import run_sweep
+from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+
+pytestmark = pytest.mark.slow
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                        reason="tensorboard (the dev extra) reads the event files")
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
+
+N_TRIALS = 4
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path) -> None:
+    sweep = tmp_path / "dash.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "dash", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
+        "fixed": {"train.epochs": 6, "train.early_stopping": 0, "train.batch_size": 64},
+        "asha": {"grace_period": 3}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 2}]}))
+    home = Path(os.environ["HOME"])  # conftest's hermetic HOME: the sweep creates the token there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    script = Path(sys.executable).with_name("moa-tune")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as handle:
+        driver = subprocess.Popen([*command, "sweep", "--config", str(sweep), "--results", str(tmp_path / "results"),
+                                   "--num-cpus", "2"], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 300
+        while (found := re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+) \(token in (\S+)\)",
+                                  log.read_text())) is None:
+            assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        port = int(found.group(1))
+        assert Path(found.group(2)) == home / ".ray" / "auth_token"
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        url = f"http://127.0.0.1:{port}"
+        assert http_get(f"{url}/api/jobs/")[0] == 401
+        listening = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+        assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
+        jobs: list = []
+        while driver.poll() is None and time.time() < deadline:  # the sweep's driver shows as a job
+            status, body = http_get(f"{url}/api/jobs/", token)
+            assert status == 200
+            jobs = [j for j in json.loads(body) if j.get("status") == "RUNNING"]
+            if jobs:
+                break
+            time.sleep(1)
+        assert jobs and "moa-tune" in jobs[0]["entrypoint"] and "sweep" in jobs[0]["entrypoint"], jobs
+        assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:  # Ctrl-C: the driver shuts its Ray down (a SIGKILL leaves Ray's agents behind)
+            driver.send_signal(signal.SIGINT)
+            try:
+                driver.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                driver.kill()
+                driver.wait()
+    text = log.read_text()
+    assert text.count("Ray dashboard:") == 1 and "2 trials:" in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs, token auth as Ray sets it up) for the tests of this module."""
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():  # ray.init sets RAY_AUTH_MODE=token in the driver's environment
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def scalars(accumulator, tag: str) -> tuple[list[int], np.ndarray]:
+    events = accumulator.Scalars(tag)
+    return [e.step for e in events], np.array([e.value for e in events])
+
+
+def test_every_trial_writes_tensorboard_events_per_fold(local_ray, tiny, tmp_path: Path) -> None:
+    data, _ = tiny
+    raw = {"name": "tb", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
+           "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64},
+           "resources": {"cpu": 1}, "asha": {"grace_period": 1, "reduction_factor": 2}, "seed": 3,
+           "stages": [{"stage": "direct", "families": ["linear"], "trials": N_TRIALS}]}
+    spec = parse_sweep(raw, "<monitoring sweep>", SEARCH_SPACES / "sweeps")
+    out = tmp_path / "tb"
+    run_sweep(spec, data, out, emit=lambda line: None)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == N_TRIALS
+
+    for row in trials.itertuples():
+        folder = Path(row.path)
+        assert folder.is_relative_to(out), folder  # the storage folder, not Tune's temporary copy
+        assert list(folder.glob("events.out.tfevents.*")), sorted(p.name for p in folder.iterdir())
+        accumulator = event_accumulator.EventAccumulator(str(folder))
+        accumulator.Reload()
+        tags = set(accumulator.Tags()["scalars"])
+        assert {"ray/tune/loss", "ray/tune/fold_loss", "ray/tune/folds_done"} <= tags, tags
+        done = int(row.folds_done)
+        steps, fold_loss = scalars(accumulator, "ray/tune/fold_loss")
+        assert steps == list(range(1, done + 1)), (row.state, steps)  # training_iteration = folds done
+        expected = np.array([getattr(row, f"fold_{k}_loss") for k in range(done)])
+        np.testing.assert_allclose(fold_loss, expected, rtol=1e-5)
+        steps, loss = scalars(accumulator, "ray/tune/loss")
+        assert steps == list(range(1, done + 1))
+        np.testing.assert_allclose(loss, np.cumsum(expected) / np.arange(1, done + 1), rtol=1e-5)  # running mean
+        assert loss[-1] == pytest.approx(row.loss, rel=1e-5)
+
+    # `tensorboard --logdir results/<sweep>` shows one run per trial
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(out))
+    multiplexer.Reload()
+    runs = multiplexer.Runs()
+    assert {str(Path(p).relative_to(out)) for p in trials.path} == set(runs), sorted(runs)
+    assert all("ray/tune/loss" in tags["scalars"] for tags in runs.values())
