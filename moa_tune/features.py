@@ -187,19 +187,23 @@ class FeaturePipeline:
         numeric = np.hstack(blocks) if blocks else np.zeros((len(features), 0))
         self.block_names_ = names
         self.block_widths_ = [b.shape[1] for b in blocks]
-        if numeric.shape[1]:
-            self.selector_ = VarianceThreshold(self.params["variance_threshold"])
-            try:
-                self.selector_.fit(numeric)
-                self.keep_ = self.selector_.get_support()
-            except ValueError:  # every column at or below the threshold
-                self.keep_ = np.zeros(numeric.shape[1], dtype=bool)
-        else:
-            self.keep_ = np.zeros(0, dtype=bool)
+        # The threshold is for scaled features (the seed notebooks' VarianceThreshold after RankGauss);
+        # previous-stage predictions are probabilities with tiny variances, so they only lose
+        # constant columns (stage-1 targets restored as zeros) -- a threshold must not erase stage 2.
+        self.keep_ = np.concatenate([self._kept(b, 0.0 if n == "inputs" else self.params["variance_threshold"])
+                                     for b, n in zip(blocks, names)]) if blocks else np.zeros(0, dtype=bool)
         if not self.keep_.any() and not self.params["meta"]:
             raise ConfigError(f"features.variance_threshold={self.params['variance_threshold']} removes every column")
         self._set_groups()
         return self
+
+    @staticmethod
+    def _kept(block: np.ndarray, threshold: float) -> np.ndarray:
+        """Columns of ``block`` whose variance is above ``threshold`` (scikit-learn's VarianceThreshold)."""
+        try:
+            return VarianceThreshold(threshold).fit(block).get_support()
+        except ValueError:  # every column at or below the threshold
+            return np.zeros(block.shape[1], dtype=bool)
 
     def _set_groups(self) -> None:
         groups: dict[str, np.ndarray] = {}

@@ -127,3 +127,16 @@ def test_pca_is_capped_and_threshold_that_removes_all_fails(tiny) -> None:
     assert len(pipe.groups_["gene_pca"]) == data.train.n_genes and len(pipe.groups_["cell_pca"]) == data.train.n_cells
     with pytest.raises(ConfigError, match="removes every column"):
         FeaturePipeline({"variance_threshold": 99.0, "meta": False}).fit(train)
+
+
+def test_variance_threshold_spares_previous_stage_inputs(tiny) -> None:
+    """Stage-1 probabilities have tiny variances: a feature threshold must not drop them (only constants)."""
+    data, folds = tiny
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(0.0, 0.05, size=(len(data.train), 6)).astype(np.float32)
+    inputs[:, 2] = 0.0  # a stage-1 column restored as zeros
+    pipe = FeaturePipeline({"variance_threshold": 1.5, "gene_pca": 0, "cell_pca": 0}).fit(data.train, inputs)
+    assert len(pipe.groups_["inputs"]) == 5
+    x = pipe.transform(data.train, inputs)
+    np.testing.assert_allclose(x[:, pipe.groups_["inputs"]], np.delete(inputs, 2, axis=1), rtol=1e-6)
+    assert len(pipe.groups_["genes"]) == 0  # the threshold still applies to features (RankGauss: variance ~1)
