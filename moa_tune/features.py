@@ -49,8 +49,9 @@ PARAMS: dict[str, Param] = {
                       low=0, high=5000),
     "cell_pca": Param("int", 15, "PCA components of the cells appended (0: none; capped by rows and cells).",
                       low=0, high=1000),
-    "variance_threshold": Param("float", 0.0, "Drop numeric columns whose training variance is at most this "
-                                "(after scaling); 0 drops constant columns only.", low=0.0, high=100.0),
+    "variance_threshold": Param("float", 0.0, "Drop feature columns whose training variance is at most this "
+                                "(after scaling); 0 drops constant columns only. Previous-stage inputs lose "
+                                "only constant columns.", low=0.0, high=100.0),
     "row_stats": Param("bool", True, "Append mean, std, skew and kurtosis of each row's genes and cells."),
     "raw": Param("bool", True, "Keep the scaled gene and cell columns themselves (off: PCA/stats/inputs only)."),
     "meta": Param("bool", True, "Append cp_time one-hot and cp_dose 0/1."),
