@@ -5,7 +5,7 @@ The core (data, folds, metric, features, models, training) imports neither Ray n
 from __future__ import annotations
 
 from .data import Features, MoaData, describe, load, save
-from .errors import ConfigError, DataError, DataWarning, ExportError, MoaTuneError
+from .errors import ConfigError, DataError, DataWarning, ExportError, MoaTuneError, TrainingError
 from .metric import log_loss
 from .predict import Ensemble
 
@@ -20,6 +20,7 @@ __all__ = [
     "Features",
     "MoaData",
     "MoaTuneError",
+    "TrainingError",
     "__version__",
     "describe",
     "load",

@@ -38,6 +38,10 @@ class ConfigError(MoaTuneError):
     """A configuration, sweep file or search space is invalid."""
 
 
+class TrainingError(MoaTuneError):
+    """Training went wrong in a way a configuration causes (for example the loss became NaN)."""
+
+
 class ExportError(MoaTuneError):
     """An exported ensemble is missing files or does not match what it is asked to predict."""
 

@@ -187,11 +187,17 @@ def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping
             if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
                 scheduler.step()
             total += loss.detach()
+        train_loss = float(total) / steps
         valid_pred = predict(net, x_valid, device, p["eval_batch_size"])
+        if not (math.isfinite(train_loss) and np.isfinite(valid_pred).all()):
+            from .errors import TrainingError
+
+            raise TrainingError(f"training diverged at epoch {epoch + 1}: the {'training loss' if not math.isfinite(train_loss) else 'validation prediction'} "
+                                f"is not finite (train loss {train_loss}); lower train.lr or keep train.grad_clip on")
         valid_loss = log_loss(y_valid, valid_pred)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(valid_loss)
-        history.append({"epoch": epoch + 1, "train_loss": float(total) / steps, "valid_loss": valid_loss,
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss,
                         "lr": optimizer.param_groups[0]["lr"]})
         if progress is not None:
             progress({"event": "epoch", **history[-1], "epochs": epochs})

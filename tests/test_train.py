@@ -212,3 +212,21 @@ def test_train_cli_without_config_uses_set(tiny, tmp_path: Path, capsys) -> None
                                "--out", str(tmp_path / "bad")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--set" in err and "train.epochz" in err and not (tmp_path / "bad").exists()
+
+
+def test_diverging_training_raises_a_clear_error() -> None:
+    """A non-finite loss stops the fold with TrainingError (a sweep records the trial as errored with it)."""
+    from moa_tune import TrainingError
+    from moa_tune.train import PARAMS, fit_fold
+    from moa_tune.params import resolve
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (rng.random((64, 3)) < 0.2).astype(np.float32)
+    x_bad = x.copy()
+    x_bad[3, 1] = np.inf
+    train = resolve("train", PARAMS, {"epochs": 2, "batch_size": 16, "num_threads": 1})
+    model = resolve_config({"family": "linear"})["model"]
+    with pytest.raises(TrainingError, match="training diverged at epoch 1"):
+        fit_fold("linear", model, train, x_bad, y, x, y)
+    fit_fold("linear", model, train, x, y, x, y)  # finite data trains
