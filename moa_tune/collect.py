@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -279,6 +280,10 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
          f"of {folds.n_splits} folds")
 
     _quiet()
+    for stale in [*sweep_dir.glob(".ensemble.tmp-*"), *sweep_dir.glob(".collect.tmp-*")]:
+        # the staging folder of a collector that was killed: never renamed into place, safe to drop
+        shutil.rmtree(stale, ignore_errors=True)
+        emit(f"[collect] removed {stale.name}, left by an interrupted collection")
     with atomic_dir(sweep_dir / "ensemble", overwrite=True) as staging:
         components, stages = _retrain_stages(plan_by_stage, seeds, spec, data, folds, staging, address, num_cpus,
                                              dashboard_host, emit)

@@ -244,3 +244,34 @@ def test_report_cli_covers_the_sweep_and_its_collection(collected, tmp_path: Pat
     blend = json.loads((out / "collect" / "blend.json").read_text())
     assert blend["chosen"] in page and "stage3-linear-r1" in page
     assert page.count("data:image/png;base64") >= 6
+
+
+def test_a_killed_collector_leaves_the_previous_export_whole(collected) -> None:
+    """SIGKILL mid-collection: ensemble/ is still the previous, loadable export; the next run cleans up.
+
+    Last in this module: it replaces the shared export with a smaller one.
+    """
+    import signal
+    import time
+
+    out = collected["out"]
+    before = (out / "ensemble" / "manifest.json").read_bytes()
+    process = subprocess.Popen(moa_tune("collect", str(out), "--num-cpus", "2"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=collected["env"], start_new_session=True)
+    assert process.stdout is not None
+    deadline = time.time() + 300
+    for line in process.stdout:  # kill as soon as the first retrained model has been written to staging
+        if "[collect] stage1-linear-r1 seed" in line or time.time() > deadline:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert list(out.glob(".ensemble.tmp-*")), "the kill should have interrupted a collection in progress"
+    assert (out / "ensemble" / "manifest.json").read_bytes() == before
+    Ensemble.load(out / "ensemble")  # every file still matches its sha256
+    # the next collection removes the stale staging folder and writes a whole new export
+    again = subprocess.run(moa_tune("collect", str(out), "--num-cpus", "2", "--top-k", "1", "--seeds", "1"),
+                           capture_output=True, text=True, env=collected["env"], timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "left by an interrupted collection" in again.stdout
+    assert not list(out.glob(".ensemble.tmp-*")) and not list(out.glob(".collect.tmp-*"))
+    assert Ensemble.load(out / "ensemble").manifest["blend"]["weights"]
