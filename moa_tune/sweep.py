@@ -239,6 +239,9 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
     if address:
         ray.init(address=address, **kwargs)
         return True
+    # Ray waits 30 s for a new GCS to publish its port; a loaded 2-core machine can take longer (seen in
+    # CI with a benchmark running). Give it 2 minutes unless the user set Ray's own knob.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **kwargs)
     url = getattr(context, "dashboard_url", None)
     if emit is not None and url:

@@ -88,6 +88,8 @@ def _hermetic_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # a loaded 2-core CI machine can take over Ray's default 30 s to start a GCS (tests' own ray.init too)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 
 @pytest.fixture(scope="session")
