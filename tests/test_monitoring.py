@@ -24,10 +24,8 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import ray
 import yaml
 
-from moa_tune.sweep import run_sweep
 from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
 
 pytestmark = pytest.mark.slow
@@ -99,35 +97,29 @@ def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path)
     assert text.count("Ray dashboard:") == 1 and "2 trials:" in text, text[-3000:]
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """One local Ray (2 CPUs, token auth as Ray sets it up) for the tests of this module."""
-    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    for key, value in saved.items():  # ray.init sets RAY_AUTH_MODE=token in the driver's environment
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def scalars(accumulator, tag: str) -> tuple[list[int], np.ndarray]:
     events = accumulator.Scalars(tag)
     return [e.step for e in events], np.array([e.value for e in events])
 
 
-def test_every_trial_writes_tensorboard_events_per_fold(local_ray, tiny, tmp_path: Path) -> None:
-    data, _ = tiny
+def test_every_trial_writes_tensorboard_events_per_fold(tmp_path: Path) -> None:
+    """A sweep run as a user runs it (the CLI, its own local Ray in a subprocess: a second in-process
+    Ray session in one pytest process has failed to start its GCS)."""
     raw = {"name": "tb", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
            "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64},
            "resources": {"cpu": 1}, "asha": {"grace_period": 1, "reduction_factor": 2}, "seed": 3,
            "stages": [{"stage": "direct", "families": ["linear"], "trials": N_TRIALS}]}
-    spec = parse_sweep(raw, "<monitoring sweep>", SEARCH_SPACES / "sweeps")
+    parse_sweep(raw, "<monitoring sweep>", SEARCH_SPACES / "sweeps")  # valid before it runs
+    sweep_file = tmp_path / "tb.yaml"
+    sweep_file.write_text(yaml.safe_dump(raw))
+    script = Path(sys.executable).with_name("moa-tune")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("RAY_AUTH_MODE", None)
+    done = subprocess.run([*command, "sweep", "--config", str(sweep_file), "--results", str(tmp_path),
+                           "--num-cpus", "2"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = tmp_path / "tb"
-    run_sweep(spec, data, out, emit=lambda line: None)
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == N_TRIALS
 
