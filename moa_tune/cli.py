@@ -360,21 +360,14 @@ def predict_cmd(
     """Write a Kaggle submission from an exported ensemble; needs no Ray and no cluster."""
     from .data import find_file, read_features
     from .errors import DataError
-    from .io import atomic_file
     from .predict import Ensemble, submission_frame
 
-    import pandas as pd
-
-    sample = None
-    sample_name = "sample_submission.csv"
+    sample, sample_name = None, "sample_submission.csv"
     if data.is_dir():
         features_file = find_file(data, "test_features")
         if features_file is None:
             raise DataError(f"{data}: missing file test_features.csv (also looked for .csv.zip and .csv.gz)")
-        sample_file = find_file(data, "sample_submission")
-        if sample_file is not None:
-            sample_name = sample_file.name
-            sample = pd.read_csv(sample_file, dtype={"sig_id": str})
+        sample, sample_name = _read_sample(data)
     elif data.is_file():
         features_file = data
     else:
@@ -384,8 +377,7 @@ def predict_cmd(
     features = read_features(features_file)
     with _working(f"predicting {len(features):,} rows"):
         frame = submission_frame(ensemble.predict(features, features_file.name), sample, sample_name)
-    with atomic_file(out_file) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.8g")
+    _write_submission(frame, out_file)
     n_control = int((features.is_control).sum())
     out.print(f"wrote {out_file}: {len(frame):,} rows x {len(frame.columns) - 1} targets "
               f"({n_control:,} control rows set to 0)" + (f"; checked against {sample_name}" if sample is not None else ""))
@@ -429,7 +421,6 @@ def run_cmd(
 
     from .collect import collect
     from .errors import ConfigError
-    from .io import atomic_file
     from .predict import Ensemble, submission_frame
     from .report import write_report
     from .sweep import _init_ray, load_sweep_data, run_sweep
@@ -470,17 +461,9 @@ def run_cmd(
     _print_blend(collected.blend)
     step(4, "predict the test set from the export (no Ray)")
     ensemble = Ensemble.load(collected.export)
-    sample = None
-    if data_dir is not None:
-        from .data import find_file
-        import pandas as pd
-
-        sample_file = find_file(data_dir, "sample_submission")
-        if sample_file is not None:
-            sample = pd.read_csv(sample_file, dtype={"sig_id": str})
-    submission = submission_frame(ensemble.predict(data.test, "test_features"), sample)
-    with atomic_file(run_dir / "submission.csv") as tmp:
-        submission.to_csv(tmp, index=False, float_format="%.8g")
+    sample, sample_name = _read_sample(data_dir) if data_dir is not None else (None, "")
+    _write_submission(submission_frame(ensemble.predict(data.test, "test_features"), sample, sample_name),
+                      run_dir / "submission.csv")
     step(5, "report")
     report = write_report(run_dir)
     n_trials = len(result.trials)
@@ -507,6 +490,26 @@ def status_cmd(
     out.print(status_table(summary))
     for line in status_lines(summary):
         out.print(line, markup=False)
+
+
+def _read_sample(directory: Path):
+    """(sample_submission as a DataFrame or None, its file name) of a lish-moa directory."""
+    from .data import find_file
+
+    import pandas as pd
+
+    found = find_file(directory, "sample_submission")
+    if found is None:
+        return None, "sample_submission.csv"
+    return pd.read_csv(found, dtype={"sig_id": str}), found.name
+
+
+def _write_submission(frame, path: Path) -> None:
+    """The submission CSV, written atomically (8 significant digits)."""
+    from .io import atomic_file
+
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.8g")
 
 
 def _emit(line: str) -> None:
