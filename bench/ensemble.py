@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -131,20 +132,34 @@ def main() -> None:
                     data = generate(SEMI_REAL_PRESET, seed=0, labels=REAL_LABELS)
                 else:
                     raise SystemExit(f"unknown dataset {name!r} (small, semi-real)")
-                report["datasets"][name] = evaluate(name, data, args, Path(tmp), log)
+                dataset_start = time.perf_counter()
+                result = evaluate(name, data, args, Path(tmp), log)
+                result["settings"] = dict(report["settings"])
+                result["minutes"] = (time.perf_counter() - dataset_start) / 60
+                result["date"] = report["date"]
+                report["datasets"][name] = result
     finally:
         ray.shutdown()
     report["seconds"] = time.perf_counter() - started
 
-    names = list(report["datasets"])
-    lines = [f"Sweep of the 3-stage scheme ({args.trials} trials per family x stage, {args.epochs} epochs max, "
-             f"drug-aware {args.folds}-fold CV), then the collector: top {args.top_k} per family x stage retrained "
-             f"with {args.seeds} seeds and blended. Treated rows' out-of-fold log loss; "
-             f"{report['seconds'] / 60:.0f} min on {os.cpu_count()} CPUs.", ""]
+    suffix = "-quick" if args.quick else ""
+    # a run of some datasets keeps the saved figures of the others (each records its own settings)
+    saved = RESULTS / f"ensemble{suffix}.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text()).get("datasets", {})
+        report["datasets"] = {**{k: v for k, v in previous.items() if k not in report["datasets"]},
+                              **report["datasets"]}
+    names = [n for n in ("small", "semi-real") if n in report["datasets"]]
+    lines = ["Sweep of the 3-stage scheme (drug-aware CV), then the collector: the top configurations per "
+             "family x stage retrained with several seeds and blended. Treated rows' out-of-fold log loss.", ""]
     for name in names:
         d = report["datasets"][name]
-        lines += [f"**{name}** ({d['rows']:,} rows, {d['targets']} targets; prior {d['prior']:.6f})", "",
-                  f"| component | {args.seeds}-seed CV | seed 0 | single-seed mean | blend weight |",
+        st = d.get("settings", report["settings"])
+        minutes = f", {d['minutes']:.0f} min on {report['cpus']} CPUs" if "minutes" in d else ""
+        lines += [f"**{name}** ({d['rows']:,} rows, {d['targets']} targets; prior {d['prior']:.6f}; "
+                  f"{st['trials']} trials per family x stage, {st['epochs']} epochs max, {st['folds']} folds, "
+                  f"top {st['top_k']} x {st['seeds']} seeds{minutes})", "",
+                  f"| component | {st['seeds']}-seed CV | seed 0 | single-seed mean | blend weight |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for c in d["components"]:
             seeds = c["seed_losses"]
@@ -158,7 +173,6 @@ def main() -> None:
         for claim, ok in d["claims"].items():
             lines.append(f"- {claim}: {'yes' if ok else '**no**'}")
         lines.append("")
-    suffix = "-quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"ensemble{suffix}.json", report)
     write_text(RESULTS / f"ensemble{suffix}.md", "\n".join(lines))

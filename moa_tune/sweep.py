@@ -226,9 +226,11 @@ def _token_source() -> str:
 
 def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
               emit: Callable[[str], None] | None = None) -> bool:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when we started it.
+    """Connect to ``address`` (or RAY_ADDRESS), else start a new local Ray; True when we started it.
 
-    A local Ray serves the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the
+    Without an address this always starts moa-tune's own Ray (``address="local"``): plain
+    ``ray.init()`` would silently join any cluster already running on the machine (another user's
+    sweep, a test's ``ray.cluster_utils.Cluster``) and then refuse ``num_cpus``. A local Ray serves the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the
     next free one), behind the same token as the cluster; its URL goes to ``emit``.
     """
     if ray.is_initialized():
@@ -242,7 +244,7 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
     # Ray waits 30 s for a new GCS to publish its port; a loaded 2-core machine can take longer (seen in
     # CI with a benchmark running). Give it 2 minutes unless the user set Ray's own knob.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-    context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **kwargs)
+    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **kwargs)
     url = getattr(context, "dashboard_url", None)
     if emit is not None and url:
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":

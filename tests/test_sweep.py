@@ -31,7 +31,7 @@ def local_ray(tmp_path_factory):
     """One local Ray (2 CPUs, token auth as Ray sets it up) for the tests of this module."""
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
     os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     for key, value in saved.items():  # ray.init sets RAY_AUTH_MODE=token in the driver's environment
@@ -192,7 +192,7 @@ def spec(resources, trials):
            "stages": [{"stage": "direct", "families": ["linear"], "trials": trials}]}
     return parse_sweep(raw, "<gpu sweep>", SEARCH_SPACES / "sweeps")
 
-ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
 try:
     packed = spec({"cpu": 0.5, "gpu": 0.25}, 4)
     assert _concurrency(packed) == 4, _concurrency(packed)
