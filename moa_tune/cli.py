@@ -270,7 +270,7 @@ def sweep(
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster (auto, host:port, ray://...); "
                                           "default: RAY_ADDRESS, else a local Ray."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Where Tune keeps experiments: any URI Ray Tune "
-                                          "accepts (s3://, gs://, a shared path) [default: results/<name>]."),
+                                          "accepts (s3://, gs://, a shared path) [default: ~/ray_results/moa-tune/<name>-<hash>]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Resume the interrupted sweep in this folder."),
     results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of sweep folders."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
@@ -406,7 +406,7 @@ def run_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
                                           "else a local Ray]."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Where Tune keeps experiments (s3://, gs://, a "
-                                          "shared path; needed on clusters of several machines) [default: the run folder]."),
+                                          "shared path; needed on clusters of several machines) [default: ~/ray_results/moa-tune/<name>-<hash>]."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
     n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),

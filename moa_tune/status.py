@@ -7,16 +7,17 @@ the sweep runs.
 - ``sweep.yaml``: the stages (``stages: [{stage, families, trials}, ...]``) and folds as run;
 - ``<stage>/<family>/done.json``: a finished experiment (``{"trials": [rows], "finished": t}``),
   else its rows in ``trials.csv`` (written after ``done.json``);
-- an experiment without them but with a folder is in progress: Ray Tune's experiment folder,
-  one ``trial_<id>/`` per started trial with ``result.json`` (one JSON line per reported fold) and
+- an experiment without them but with a Tune experiment folder is in progress. Those folders live
+  where ``sweep.yaml`` records (``_storage``: ``~/ray_results/moa-tune/<sweep>-<hash>`` by default,
+  or ``<storage>/<sweep>``), one ``trial_<id>/`` per started trial with ``result.json`` (one JSON line per reported fold) and
   ``error.txt`` when the trial failed. A trial is *completed* when it reported every fold,
   *pruned* when its last line says ``done`` before the last fold (ASHA's stop), *errored* with an
   ``error.txt``, and *running* otherwise;
 - ``collect/blend.json`` and ``ensemble/manifest.json`` once collected.
 
-With ``moa-tune sweep --storage s3://...`` (or gs://) the Tune experiments live in the bucket,
-not in the sweep folder: finished experiments still show (``done.json``), the one in progress
-shows only after its ``<stage>/<family>/`` folder is synced from ``<storage>/<sweep>/``.
+With ``moa-tune sweep --storage s3://...`` (or gs://) the Tune experiments live in the bucket:
+finished experiments still show (``done.json``), the one in progress shows only after its
+``<stage>/<family>/`` folder is synced from ``<storage>/<sweep>/`` into the sweep folder.
 """
 from __future__ import annotations
 
@@ -174,10 +175,22 @@ def _wall_span(trials: Iterable[Mapping[str, Any]]) -> tuple[float | None, float
 # the summary
 
 
-def _experiment(sweep_dir: Path, stage: str, family: str, requested: int, n_folds: int,
+def _experiments_root(sweep_dir: Path, raw: Mapping[str, Any]) -> tuple[str | None, Path | None]:
+    """The recorded Tune experiments root, and the local folder its trial folders are read from.
+
+    A sweep records its root in ``sweep.yaml`` (``_storage``): a local folder is read directly; a
+    bucket (``s3://``, ``gs://``) is not, and a copy synced into the sweep folder is read instead.
+    """
+    recorded = raw.get("_storage")
+    recorded = str(recorded) if recorded else None
+    if recorded and "://" not in recorded and Path(recorded).is_dir():
+        return recorded, Path(recorded)
+    return recorded, sweep_dir
+
+
+def _experiment(sweep_dir: Path, trials_root: Path, stage: str, family: str, requested: int, n_folds: int,
                 csv_rows: Mapping[tuple[str, str], list[dict[str, Any]]], now: float) -> dict[str, Any]:
-    folder = sweep_dir / stage / family
-    done_file = folder / "done.json"
+    done_file = sweep_dir / stage / family / "done.json"
     entry: dict[str, Any] = {"stage": stage, "family": family, "requested": requested, "state": "not started",
                              "trials": {s: 0 for s in TRIAL_STATES}, "started": 0, "remaining": requested,
                              "best_loss": None, "best_trial": None, "trial_time_s": None, "wall_s": None,
@@ -193,6 +206,7 @@ def _experiment(sweep_dir: Path, stage: str, family: str, requested: int, n_fold
             rows = None
     if rows is None and (stage, family) in csv_rows:
         rows = csv_rows[(stage, family)]
+    folder = trials_root / stage / family
     folder_trials = [_trial_from_folder(p, n_folds) for p in _trial_folders(folder)]
     start, end = _wall_span(folder_trials)
 
@@ -279,7 +293,8 @@ def sweep_status(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     n_folds = int(_number(folds.get("n_splits")) or DEFAULT_FOLDS)
     csv_rows = _trials_csv(sweep_dir)
     now = time.time()
-    experiments = [_experiment(sweep_dir, stage, family, trials, n_folds, csv_rows, now)
+    recorded_root, trials_root = _experiments_root(sweep_dir, raw)
+    experiments = [_experiment(sweep_dir, trials_root, stage, family, trials, n_folds, csv_rows, now)
                    for stage, family, trials in planned]
 
     by_state = {s: sum(e["state"] == s for e in experiments) for s in ("done", "running", "not started")}
@@ -309,7 +324,7 @@ def sweep_status(sweep_dir: str | os.PathLike) -> dict[str, Any]:
         "trial_time_s": float(sum(times)) if times else None,
     }
     return {"sweep": str(raw.get("name") or sweep_dir.name), "path": str(sweep_dir), "n_folds": n_folds,
-            "state": state, "experiments": experiments, "totals": totals, "best_by_stage": best_by_stage,
+            "experiments_root": recorded_root, "state": state, "experiments": experiments, "totals": totals, "best_by_stage": best_by_stage,
             "collect": _collect_info(sweep_dir)}
 
 
@@ -385,8 +400,11 @@ def status_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(text)
     elif summary["state"] == "finished":
         lines.append(f"not collected yet: moa-tune collect {summary['path']}")
+    root = summary.get("experiments_root")
+    if root and summary["state"] in ("running", "incomplete"):
+        lines.append(f"Tune experiments: {root} (tensorboard --logdir {root})")
     if summary["state"] == "incomplete":
-        lines.append("no experiment is in progress in this folder: the sweep stopped (resume it with "
-                     f"moa-tune sweep --resume {summary['path']}), or it runs with --storage elsewhere "
-                     "(sync <storage>/<sweep>/<stage>/<family>/ here to see its trials)")
+        lines.append("no experiment is in progress: the sweep stopped (resume it with "
+                     f"moa-tune sweep --resume {summary['path']}), or it runs with --storage on a bucket "
+                     "(sync <storage>/<sweep>/<stage>/<family>/ into the sweep folder to see its trials)")
     return lines

@@ -3,7 +3,8 @@
 - The trainable (:func:`trainable`) is thin: it turns Tune's flat config into a nested config,
   runs :func:`moa_tune.train.cross_validate`, and after every fold calls ``tune.report`` with
   ``loss`` = running mean fold loss (``training_iteration`` = folds done) and a checkpoint of
-  the finished folds, so a restarted trial resumes at its next fold.
+  that fold (Tune keeps every one: together they are the finished folds), so a restarted or
+  resumed trial goes on at its next fold.
 - Data, folds and previous-stage predictions go once into the object store
   (``tune.with_parameters``); no trial reads files.
 - ``ASHAScheduler(time_attr="training_iteration", max_t=n_folds)``: poor configurations stop after
@@ -12,17 +13,22 @@
 - Stages run in order; the best completed configuration of a stage (or the best of each family)
   feeds the next one with its out-of-fold and fold-averaged test predictions.
 
-Results: ``results/<sweep>/`` holds ``sweep.yaml``, ``folds.npz``, ``<stage>/<family>/`` (the Tune
-experiment and ``best/`` predictions), ``trials.csv``. ``run_sweep(..., resume=True)`` picks up an
+Results: ``results/<sweep>/`` holds ``sweep.yaml``, ``folds.npz``, ``<stage>/<family>/`` (``done.json``
+and ``best/`` predictions), ``trials.csv``. The Tune experiments themselves (pickled resume state,
+trial folders, checkpoints, TensorBoard events) live apart, under ``--storage`` or
+``~/ray_results/moa-tune/`` (:func:`experiments_root`). ``run_sweep(..., resume=True)`` picks up an
 interrupted sweep: finished experiments are kept, an unfinished one is restored with its searcher
 state (``Tuner.restore``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,7 +50,7 @@ from .stages import Predictions
 from .sweep_spec import SweepSpec, parse_sweep
 from .train import CVResult, FoldReport, assemble_predictions, cross_validate
 
-__all__ = ["SweepResult", "run_sweep", "trainable"]
+__all__ = ["SweepResult", "experiments_root", "recorded_storage", "run_sweep", "trainable"]
 
 log = logging.getLogger(__name__)
 METRIC = "loss"
@@ -57,28 +63,51 @@ CHECKPOINT_FILE = "folds_done.npz"
 # the trainable
 
 
-def _save_reports(directory: str, reports: Sequence[FoldReport]) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    meta = []
-    for r in reports:
-        arrays[f"valid_{r.fold}"] = r.valid_pred
-        if r.test_pred is not None:
-            arrays[f"test_{r.fold}"] = r.test_pred
-        meta.append({"fold": r.fold, "loss": r.loss, "best_epoch": r.best_epoch, "seconds": r.seconds})
+def _save_fold(directory: str, report: FoldReport) -> None:
+    """One fold's predictions and figures: the content of the checkpoint reported after that fold."""
+    arrays = {"valid": report.valid_pred}
+    if report.test_pred is not None:
+        arrays["test"] = report.test_pred
+    meta = {"fold": report.fold, "loss": report.loss, "best_epoch": report.best_epoch, "seconds": report.seconds}
     np.savez(os.path.join(directory, CHECKPOINT_FILE), **arrays, meta=np.array(json.dumps(meta)))
 
 
-def _load_reports(directory: str, folds: Folds) -> list[FoldReport]:
-    with np.load(os.path.join(directory, CHECKPOINT_FILE), allow_pickle=False) as archive:
-        meta = json.loads(str(archive["meta"]))
-        splits = list(folds.split())
-        reports = []
-        for i, m in enumerate(meta):
-            k = m["fold"]
-            test = archive[f"test_{k}"] if f"test_{k}" in archive.files else None
-            running = float(np.mean([x["loss"] for x in meta[:i + 1]]))
-            reports.append(FoldReport(k, m["loss"], running, i + 1, folds.n_splits, splits[k][1], archive[f"valid_{k}"],
-                                      test, m["best_epoch"], m["seconds"]))
+def _checkpoint_chain(checkpoint: "tune.Checkpoint") -> list["tune.Checkpoint"]:
+    """The trial's checkpoints up to ``checkpoint`` (the latest one Tune knows), oldest first.
+
+    Each holds one fold, so together they are the trial's finished folds. Tune keeps them all
+    (``num_to_keep=None``): with ``num_to_keep=1`` Tune deleted the previous checkpoint before its
+    experiment snapshot named the new one, and a driver killed in between left a resumed trial
+    pointing at a deleted checkpoint ("Could not recover from checkpoint"). Checkpoints written after
+    ``checkpoint`` (by a run killed before its snapshot) are ignored and rewritten.
+    """
+    import pyarrow.fs as pafs
+
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    last = int(name.rpartition("_")[2])
+    entries = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    chain = []
+    for entry in entries:
+        found = re.fullmatch(r"checkpoint_(\d+)", entry.base_name)
+        if entry.type == pafs.FileType.Directory and found and int(found.group(1)) <= last:
+            chain.append((int(found.group(1)), entry.path))
+    return [tune.Checkpoint(path=path, filesystem=checkpoint.filesystem) for _, path in sorted(chain)]
+
+
+def _load_reports(checkpoint: "tune.Checkpoint", folds: Folds) -> list[FoldReport]:
+    """The finished folds of a trial, from its chain of checkpoints (see :func:`_checkpoint_chain`)."""
+    by_fold: dict[int, tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = {}
+    for link in _checkpoint_chain(checkpoint):
+        with link.as_directory() as directory:
+            with np.load(os.path.join(directory, CHECKPOINT_FILE), allow_pickle=False) as archive:
+                meta = json.loads(str(archive["meta"]))
+                by_fold[meta["fold"]] = (meta, archive["valid"], archive["test"] if "test" in archive.files else None)
+    splits = list(folds.split())
+    reports: list[FoldReport] = []
+    for i, (meta, valid, test) in enumerate(by_fold.values()):
+        running = float(np.mean([m["loss"] for m, _, _ in list(by_fold.values())[:i + 1]]))
+        reports.append(FoldReport(meta["fold"], meta["loss"], running, i + 1, folds.n_splits, splits[meta["fold"]][1],
+                                  valid, test, meta["best_epoch"], meta["seconds"]))
     return reports
 
 
@@ -105,8 +134,7 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
     resume: list[FoldReport] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = _load_reports(directory, folds)
+        resume = _load_reports(checkpoint, folds)
     reports = list(resume)
     node = ray.get_runtime_context().get_node_id()
     gpus = ",".join(str(g) for g in ray.get_gpu_ids())  # a fractional GPU shows as the id it shares
@@ -115,7 +143,7 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
             continue
         reports.append(event)
         with tempfile.TemporaryDirectory() as directory:
-            _save_reports(directory, reports)
+            _save_fold(directory, event)
             tune.report({METRIC: event.running_loss, "fold_loss": event.loss, "folds_done": event.folds_done,
                          "fold_losses": ",".join(f"{r.loss:.8f}" for r in reports), "node": node, "gpus": gpus,
                          "n_folds": folds.n_splits},
@@ -255,6 +283,47 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
     return True
 
 
+#: Where Ray Tune keeps the experiments of sweeps run without ``--storage``.
+DEFAULT_STORAGE = Path("~/ray_results/moa-tune")
+#: The key of ``sweep.yaml`` that records where the sweep's Tune experiments are.
+STORAGE_KEY = "_storage"
+
+
+def recorded_storage(sweep_dir: str | os.PathLike) -> str | None:
+    """The experiments root recorded in ``<sweep_dir>/sweep.yaml`` (None for an older or foreign file)."""
+    try:
+        raw = yaml.safe_load((Path(sweep_dir) / "sweep.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    value = raw.get(STORAGE_KEY) if isinstance(raw, dict) else None
+    return str(value) if value else None
+
+
+def experiments_root(name: str, out: str | os.PathLike, storage: str | None, resume: bool) -> str:
+    """Where this sweep's Ray Tune experiments live: ``<storage>/<name>``, else a folder of our own.
+
+    Tune's experiment state is pickled (``tuner.pkl``, the searcher's state, each trial's
+    ``params.pkl``) and only Tune reads it back, so it stays out of the sweep's results folder, which
+    holds nothing but arrays, JSON, CSV, YAML and HTML that are safe to share and open. Without
+    ``--storage`` it goes to ``~/ray_results/moa-tune/<name>-<hash of the results folder>`` (Ray's
+    usual place; one folder per results folder, so sweeps of the same name do not mix). A resumed
+    sweep uses the root recorded in its ``sweep.yaml``. A new sweep clears a stale folder of its own
+    default root (left by an earlier sweep in the same, since replaced, results folder); a given
+    ``--storage`` is never cleared.
+    """
+    if storage:
+        return storage.rstrip("/") + "/" + name
+    if resume:
+        recorded = recorded_storage(out)
+        if recorded:
+            return recorded
+    digest = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:8]
+    root = DEFAULT_STORAGE.expanduser() / f"{name}-{digest}"
+    if not resume and root.exists():
+        shutil.rmtree(root)
+    return str(root)
+
+
 def _concurrency(spec: SweepSpec) -> int:
     if spec.max_concurrent:
         return spec.max_concurrent
@@ -308,8 +377,7 @@ def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaD
     if not completed:
         return None
     row, result = min(completed, key=lambda pair: pair[0]["loss"])
-    with result.checkpoint.as_directory() as directory:
-        reports = _load_reports(directory, folds)
+    reports = _load_reports(result.checkpoint, folds)
     columns = data.nonscored_columns if stage == "stage1" else data.scored_columns
     predictions = assemble_predictions(reports, data, folds, columns, stage, family)
     return predictions, {"trial_id": row["trial_id"], "loss": row["loss"], "config": result.config}
@@ -346,11 +414,13 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         f = spec.folds
         folds = make_folds(data, f["n_splits"], f["scheme"], f["seed"], f["threshold"], f["keep_controls"])
         folds.save(folds_path)
+    storage_root = experiments_root(spec.name, out, storage, resume)
     from_disk = data.source is not None and Path(data.source).is_dir()
     recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if from_disk else spec.data,
-                "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__}}
+                "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
+                STORAGE_KEY: storage_root}
     write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
-    storage_root = storage.rstrip("/") + "/" + spec.name if storage else str(out)
+    emit(f"Ray Tune experiments (trials, checkpoints, TensorBoard events): {storage_root}")
 
     started = _init_ray(address, num_cpus, dashboard_host, emit)
     try:
@@ -400,7 +470,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         run_config=tune.RunConfig(
                             name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0,
                             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                             callbacks=[TrialLines(label, folds.n_splits, emit)]),
                     )
                     emit(f"[{label}] {stage_spec.trials} trials, up to {concurrency} at once, "
@@ -466,6 +536,7 @@ def resume_spec(path: str | os.PathLike) -> SweepSpec:
         raise ConfigError(f"{path}: no sweep.yaml here; give the folder of a sweep (results/<sweep-name>)")
     raw = read_yaml(recorded)
     raw.pop("_versions", None)
+    raw.pop(STORAGE_KEY, None)
     from .sweep_spec import SEARCH_SPACES
 
     return parse_sweep(raw, str(recorded), SEARCH_SPACES / "sweeps")

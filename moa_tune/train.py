@@ -193,7 +193,8 @@ def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping
             from .errors import TrainingError
 
             raise TrainingError(f"training diverged at epoch {epoch + 1}: the {'training loss' if not math.isfinite(train_loss) else 'validation prediction'} "
-                                f"is not finite (train loss {train_loss}); lower train.lr or keep train.grad_clip on")
+                                f"is not finite (train loss {train_loss}); lower train.lr, keep train.grad_clip on, "
+                                "or scale the features (features.scaler) if the data has extreme values")
         valid_loss = log_loss(y_valid, valid_pred)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(valid_loss)

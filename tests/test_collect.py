@@ -246,6 +246,49 @@ def test_report_cli_covers_the_sweep_and_its_collection(collected, tmp_path: Pat
     assert page.count("data:image/png;base64") >= 6
 
 
+#: What a sweep, its collection, report and submission may write under results/, each read back
+#: here by a loader that cannot execute code.
+SAFE_SUFFIXES = {".json", ".csv", ".yaml", ".npy", ".npz", ".safetensors", ".html", ".png"}
+
+
+def test_nothing_under_results_is_a_pickle_or_executable(collected, capsys) -> None:
+    """Everything under results/ loads without pickle and nothing is executable; Tune's pickles live apart."""
+    import stat
+
+    from safetensors.numpy import load_file
+
+    out = collected["out"]
+    code, _, err = run_cli(["report", str(out)], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["predict", "--model", str(out / "ensemble"), "--data", str(collected["data_dir"]),
+                            "--out", str(out / "submission.csv")], capsys)
+    assert code == 0, err
+    files = [p for p in (collected["root"] / "results").rglob("*") if p.is_file()]
+    suffixes = {p.suffix for p in files}
+    assert {".npy", ".npz", ".safetensors", ".html", ".json", ".csv", ".yaml"} <= suffixes, suffixes
+    for path in files:
+        assert path.suffix in SAFE_SUFFIXES, path
+        assert stat.S_IMODE(path.stat().st_mode) & 0o111 == 0, f"{path} is executable"
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                for key in archive.files:
+                    archive[key]
+        elif path.suffix == ".safetensors":
+            load_file(path)
+        elif path.suffix == ".html":
+            assert "<script" not in path.read_text().lower(), path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".yaml":
+            yaml.safe_load(path.read_text())
+    # Ray Tune's resume state is pickled: it went to the experiments root the sweep recorded, outside results/
+    root = Path(yaml.safe_load((out / "sweep.yaml").read_text())["_storage"])
+    assert not root.is_relative_to(collected["root"] / "results")
+    assert list(root.rglob("*.pkl")), "Tune's experiments should be in the recorded root"
+
+
 def test_a_killed_collector_leaves_the_previous_export_whole(collected) -> None:
     """SIGKILL mid-collection: ensemble/ is still the previous, loadable export; the next run cleans up.
 

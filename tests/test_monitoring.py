@@ -46,7 +46,9 @@ def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return exc.code, b""
 
 
-def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", [None, "0.0.0.0"], ids=["default-loopback", "asked-all-interfaces"])
+def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path, host: str | None) -> None:
+    """Loopback unless ``--dashboard-host`` asks otherwise; the token is required either way."""
     sweep = tmp_path / "dash.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "dash", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
@@ -60,10 +62,12 @@ def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path)
     log = tmp_path / "sweep.log"
     with open(log, "w") as handle:
         driver = subprocess.Popen([*command, "sweep", "--config", str(sweep), "--results", str(tmp_path / "results"),
-                                   "--num-cpus", "2"], stdout=handle, stderr=subprocess.STDOUT, env=env)
+                                   "--num-cpus", "2", *(["--dashboard-host", host] if host else [])],
+                                  stdout=handle, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 300
-        while (found := re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+) \(token in (\S+)\)",
+        shown = r"127\.0\.0\.1" if host is None else r"[\d.]+"
+        while (found := re.search(rf"Ray dashboard: http://{shown}:(\d+) \(token in (\S+)\)",
                                   log.read_text())) is None:
             assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
@@ -74,7 +78,7 @@ def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path)
         assert http_get(f"{url}/api/jobs/")[0] == 401
         listening = [c for c in psutil.net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
-        assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
+        assert listening and {c.laddr.ip for c in listening} == {host or "127.0.0.1"}, listening
         jobs: list = []
         while driver.poll() is None and time.time() < deadline:  # the sweep's driver shows as a job
             status, body = http_get(f"{url}/api/jobs/", token)
@@ -122,10 +126,14 @@ def test_every_trial_writes_tensorboard_events_per_fold(tmp_path: Path) -> None:
     out = tmp_path / "tb"
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == N_TRIALS
+    # the Tune experiments live apart from results/ (pickled resume state), under ~/ray_results/moa-tune/
+    root = Path(yaml.safe_load((out / "sweep.yaml").read_text())["_storage"])
+    assert root.is_relative_to(tmp_path / "home" / "ray_results" / "moa-tune") and root.name.startswith("tb-")
+    assert f"Ray Tune experiments (trials, checkpoints, TensorBoard events): {root}" in done.stdout
 
     for row in trials.itertuples():
         folder = Path(row.path)
-        assert folder.is_relative_to(out), folder  # the storage folder, not Tune's temporary copy
+        assert folder.is_relative_to(root), folder  # the storage folder, not Tune's temporary copy
         assert list(folder.glob("events.out.tfevents.*")), sorted(p.name for p in folder.iterdir())
         accumulator = event_accumulator.EventAccumulator(str(folder))
         accumulator.Reload()
@@ -141,9 +149,9 @@ def test_every_trial_writes_tensorboard_events_per_fold(tmp_path: Path) -> None:
         np.testing.assert_allclose(loss, np.cumsum(expected) / np.arange(1, done + 1), rtol=1e-5)  # running mean
         assert loss[-1] == pytest.approx(row.loss, rel=1e-5)
 
-    # `tensorboard --logdir results/<sweep>` shows one run per trial
-    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(out))
+    # `tensorboard --logdir <the experiments root the sweep printed>` shows one run per trial
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(root))
     multiplexer.Reload()
     runs = multiplexer.Runs()
-    assert {str(Path(p).relative_to(out)) for p in trials.path} == set(runs), sorted(runs)
+    assert {str(Path(p).relative_to(root)) for p in trials.path} == set(runs), sorted(runs)
     assert all("ray/tune/loss" in tags["scalars"] for tags in runs.values())

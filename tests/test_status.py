@@ -118,14 +118,32 @@ def finished_sweep(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def running_sweep(tmp_path: Path) -> Path:
-    """stage1 done (done.json + trials.csv), stage2/mlp in progress, stage2/resnet2head and stage3 not started."""
+def experiments_root(sweep: Path) -> Path:
+    """Where the Tune experiments of a sweep built here are: the recorded _storage, else the sweep folder."""
+    recorded = yaml.safe_load((sweep / "sweep.yaml").read_text()).get("_storage")
+    return Path(recorded) if recorded and "://" not in recorded else sweep
+
+
+@pytest.fixture(params=["storage", "synced"])
+def running_sweep(tmp_path: Path, request) -> Path:
+    """stage1 done (done.json + trials.csv), stage2/mlp in progress, stage2/resnet2head and stage3 not started.
+
+    ``storage``: the Tune experiments live apart, where sweep.yaml records (``_storage``), as a sweep
+    writes them; ``synced``: a bucket's experiment folder copied into the sweep folder.
+    """
     path = _sweep_base(tmp_path / "results" / "live")
+    if request.param == "storage":
+        raw = yaml.safe_load((path / "sweep.yaml").read_text())
+        raw["_storage"] = str(tmp_path / "ray_results" / "moa-tune" / "live-0123abcd")
+        (path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    else:
+        raw = yaml.safe_load((path / "sweep.yaml").read_text())
+        raw["_storage"] = "s3://bucket/moa-tune/live"
+        (path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     now = time.time()
     _finish(path, "stage1", "mlp", STAGE1_ROWS, now - 600)
     _write_trials_csv(path, STAGE1_ROWS)
-    experiment = path / "stage2" / "mlp"
+    experiment = experiments_root(path) / "stage2" / "mlp"
     experiment.mkdir(parents=True)
     (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
     start = now - 300
@@ -202,8 +220,8 @@ def test_running_sweep(running_sweep: Path) -> None:
 def test_trials_left_to_start_in_a_running_experiment(running_sweep: Path) -> None:
     import shutil
 
-    shutil.rmtree(running_sweep / "stage2" / "mlp" / "trial_e5")
-    shutil.rmtree(running_sweep / "stage2" / "mlp" / "trial_e4")
+    shutil.rmtree(experiments_root(running_sweep) / "stage2" / "mlp" / "trial_e5")
+    shutil.rmtree(experiments_root(running_sweep) / "stage2" / "mlp" / "trial_e4")
     live = sweep_status(running_sweep)["experiments"][1]
     assert live["started"] == 3 and live["remaining"] == 2
     assert live["trials"]["running"] == 0
@@ -240,6 +258,8 @@ def test_cli_table(running_sweep: Path, capsys: pytest.CaptureFixture) -> None:
         assert text in out, text
     assert "running: 1 of 4 experiments done, 1 running, 2 not started" in out
     assert "best stage1: mlp 0.019500 (trial a2)" in out
+    root = yaml.safe_load((running_sweep / "sweep.yaml").read_text())["_storage"]
+    assert f"Tune experiments: {root} (tensorboard --logdir {root})" in out
 
 
 def test_cli_table_finished(finished_sweep: Path, capsys: pytest.CaptureFixture) -> None:

@@ -116,7 +116,8 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
     import subprocess
     import sys
 
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Cluster's nodes run without a token
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Cluster's nodes run without a token ...
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ... so no token of the developer's may reach the driver
     done = subprocess.run([sys.executable, "-c", NODES_SCRIPT, str(tmp_path / "n")], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -128,6 +129,71 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
     assert len(components) == 3 and (components.n_seeds == 2).all()
     nodes = {n for cell in components.nodes for n in cell.split(";")}
     assert len(nodes) > 1 and nodes <= set(trials.node), components.nodes
+
+
+KILL_NODE_SCRIPT = """
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ray.cluster_utils import Cluster
+
+from moa_tune.sweep import run_sweep
+from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+from moa_tune.synth import generate
+
+out, storage = Path(sys.argv[1]), Path(sys.argv[2])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    raw = {"name": "k", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 5}, "max_failures": 2,
+           "fixed": {"train.epochs": 40, "train.early_stopping": 0, "train.batch_size": 64},
+           "asha": {"grace_period": 5}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 4}]}
+    spec = parse_sweep(raw, "<kill a node>", SEARCH_SPACES / "sweeps")
+    experiment = storage / "k" / "direct" / "linear"
+
+    def kill():
+        # as soon as three trials (one per node) have checkpointed their first fold, remove a worker
+        deadline = time.time() + 300
+        while time.time() < deadline and len({p.parent for p in experiment.glob("trial_*/checkpoint_*")}) < 3:
+            time.sleep(0.1)
+        cluster.remove_node(workers[0])
+        print("REMOVED", workers[0].node_id, flush=True)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    run_sweep(spec, generate("tiny", seed=0), out, storage=str(storage), emit=print, address=cluster.address)
+    killer.join(timeout=5)
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_worker_node_killed_mid_sweep_loses_no_trial(tmp_path: Path, monkeypatch) -> None:
+    """Three one-CPU nodes, one trial each; a worker node is removed mid-trial (its raylet killed): its
+    trial restarts on a surviving node from its last fold checkpoint, and every trial completes."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-c", KILL_NODE_SCRIPT, str(tmp_path / "k"), str(tmp_path / "storage")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    removed = done.stdout.split("REMOVED ")[1].split()[0]
+    trials = pd.read_csv(tmp_path / "k" / "trials.csv")
+    assert len(trials) == 4 and (trials.state == "completed").all() and (trials.folds_done == 5).all(), trials
+    assert removed not in set(trials.node)  # every trial finished on a surviving node
+    retried = [row for row in trials.itertuples() if (Path(row.path) / "error.txt").exists()]
+    assert retried, "the removed node's trial should have failed once and been restarted"
+    for row in retried:
+        text = (Path(row.path) / "error.txt").read_text()
+        assert "Failure # 1" in text and "Failure # 2" not in text and "node" in text, text[:500]
+        assert np.isfinite([getattr(row, f"fold_{k}_loss") for k in range(5)]).all()
 
 
 def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ray, tiny, tmp_path: Path) -> None:
@@ -157,24 +223,58 @@ def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ra
     assert (tmp_path / "f" / "direct" / "linear" / "best" / "oof.npy").exists()
 
 
-def test_checkpoint_of_finished_folds_round_trips(tiny, tmp_path: Path) -> None:
-    from moa_tune.sweep import _load_reports, _save_reports
+def test_a_trial_whose_loss_becomes_nan_is_recorded_as_errored(local_ray, tiny, tmp_path: Path) -> None:
+    """Unscaled extreme (finite) values make some configurations' loss NaN: those trials error, others go on."""
+    import copy
+
+    import yaml as _yaml
+
+    data = copy.deepcopy(tiny[0])
+    data.train.genes[::7, 0] = 3e38  # passes the data checks (finite), overflows an unscaled network
+    space = tmp_path / "linear.yaml"
+    space.write_text(_yaml.safe_dump({"family": "linear", "params": {
+        "features.scaler": {"type": "categorical", "choices": ["none", "standard"]},
+        "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
+    spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 3}], search_spaces={"linear": str(space)},
+                    max_failures=0, asha={"grace_period": 3}, seed=0,
+                    points_to_evaluate={"linear": [{"features.scaler": "none"}, {"features.scaler": "standard"}]})
+    run_sweep(spec, data, tmp_path / "nan", emit=lambda line: None)
+    trials = pd.read_csv(tmp_path / "nan" / "trials.csv")
+    assert len(trials) == 3
+    errored = trials[trials.state == "errored"]
+    assert len(errored) >= 1 and (errored["param.features.scaler"] == "none").all()
+    assert errored.error.str.contains("training diverged at epoch 1: the training loss is not finite").all()
+    scaled = trials[trials["param.features.scaler"] == "standard"]
+    assert len(scaled) >= 1 and (scaled.state == "completed").all() and np.isfinite(scaled.loss).all()
+
+
+def test_checkpoints_of_finished_folds_chain_back(tiny, tmp_path: Path) -> None:
+    """One checkpoint per fold; the latest one Tune knows leads back to every earlier fold, and
+    checkpoints written after it (by a run killed before its snapshot) are ignored."""
+    from ray import tune
+
+    from moa_tune.sweep import _load_reports, _save_fold
     from moa_tune.train import FoldReport, cross_validate
 
     data, folds = tiny
     reports = [e for e in cross_validate({"family": "linear", "train": {"epochs": 2}}, data, folds)
-               if isinstance(e, FoldReport)][:2]
-    _save_reports(str(tmp_path), reports)
-    back = _load_reports(str(tmp_path), folds)
-    assert [r.fold for r in back] == [0, 1]
+               if isinstance(e, FoldReport)]
+    trial = tmp_path / "trial_x"
+    for i, report in enumerate(reports):
+        (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+        _save_fold(str(trial / f"checkpoint_{i:06d}"), report)
+    (trial / "checkpoint_tmp_junk").mkdir()
+    back = _load_reports(tune.Checkpoint(str(trial / "checkpoint_000001")), folds)
+    assert [r.fold for r in back] == [0, 1] and [r.folds_done for r in back] == [1, 2]
     for a, b in zip(reports, back):
         np.testing.assert_array_equal(a.valid_pred, b.valid_pred)
         np.testing.assert_array_equal(a.valid_rows, b.valid_rows)
         assert a.loss == b.loss and a.running_loss == pytest.approx(b.running_loss)
-    # a trial restarted from this checkpoint trains only the fold that is left
+    # a trial restarted from that checkpoint trains only the fold that is left
     rest = [e for e in cross_validate({"family": "linear", "train": {"epochs": 2}}, data, folds, resume=back)
             if isinstance(e, FoldReport)]
     assert [r.fold for r in rest] == [2] and rest[0].folds_done == 3
+    np.testing.assert_allclose(rest[0].valid_pred, reports[2].valid_pred, atol=1e-6)
 
 
 GPU_SCRIPT = """
