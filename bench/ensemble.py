@@ -14,9 +14,10 @@ single component, the blend's CV in-sample and cross-fitted, and the claims:
 - the 5-seed average beats a single seed for every scored component: against the mean of its
   single-seed losses (the expected single seed), and against seed 0 (one draw).
 
-Usage: python bench/ensemble.py [--datasets small,semi-real] [--trials 3] [--epochs 12] [--seeds 5]
-                                [--top-k 1] [--quick]
-Writes bench/results/ensemble.json and bench/results/ensemble.md (ensemble-quick.* with --quick).
+Usage: python bench/ensemble.py [--datasets small,semi-real] [--trials 3] [--epochs 12] [--folds 5]
+                                [--seeds 5] [--top-k 1] [--quick] [--render-only]
+Writes bench/results/ensemble.json and bench/results/ensemble.md (ensemble-quick.* with --quick). A
+run of some datasets keeps the saved figures of the others; each dataset records its own settings.
 """
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def sweep_raw(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def claims_of(components: list[dict], gain: float, seeds: int) -> dict[str, bool]:
+    """The script's claims, from a dataset's saved figures (so older saved runs get them too)."""
+    return {
+        "blend (cross-fitted) beats the best component by >= 1%": gain >= 1.0,
+        f"{seeds}-seed average beats a single seed (the mean single-seed loss; every scored component)":
+            all(c["cv_loss"] < sum(c["seed_losses"]) / len(c["seed_losses"]) for c in components),
+        f"{seeds}-seed average beats seed 0 (every scored component)":
+            all(c["cv_loss"] < c["seed_losses"][0] for c in components),
+    }
+
+
 def evaluate(name: str, data, args: argparse.Namespace, workdir: Path, log) -> dict:
     from moa_tune.collect import collect
     from moa_tune.folds import Folds
@@ -80,13 +92,7 @@ def evaluate(name: str, data, args: argparse.Namespace, workdir: Path, log) -> d
     fitted = result.blend
     best_id, best_loss = fitted.best_component
     gain = (best_loss - fitted.cross_fitted_loss) / best_loss * 100
-    claims = {
-        "blend (cross-fitted) beats the best component by >= 1%": gain >= 1.0,
-        f"{args.seeds}-seed average beats a single seed (the mean single-seed loss; every scored component)":
-            all(c["cv_loss"] < sum(c["seed_losses"]) / len(c["seed_losses"]) for c in components),
-        f"{args.seeds}-seed average beats seed 0 (every scored component)":
-            all(c["cv_loss"] < c["seed_losses"][0] for c in components),
-    }
+    claims = claims_of(components, gain, args.seeds)
     return {"rows": int(used.sum()), "targets": data.n_scored, "prior": prior, "components": components,
             "best_component": {"id": best_id, "loss": best_loss},
             "blend": {m: {"loss": r.loss, "cross_fitted_loss": r.cross_fitted_loss}
@@ -103,6 +109,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: rewrite the .md (and claims) from the saved .json")
     parser.add_argument("--quick", action="store_true", help="tiny data, 2 trials, 2 epochs, 3 folds, 2 seeds")
     args = parser.parse_args()
     if args.quick:
@@ -115,14 +123,15 @@ def main() -> None:
 
     from moa_tune.sweep import _init_ray
 
-    started = time.perf_counter()
-    report: dict = {"settings": {k: getattr(args, k) for k in ("trials", "epochs", "folds", "seeds", "top_k")},
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+    settings = {k: getattr(args, k) for k in ("trials", "epochs", "folds", "seeds", "top_k")}
+    report: dict = {"cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
                     "datasets": {}}
-    _init_ray(None, None)
+    names_to_run = [] if args.render_only else args.datasets.split(",")
+    if names_to_run:
+        _init_ray(None, None)
     try:
         with tempfile.TemporaryDirectory(prefix="moa-ensemble-bench-") as tmp:
-            for name in args.datasets.split(","):
+            for name in names_to_run:
                 if name == "small":
                     data = generate("tiny" if args.quick else "small", seed=0)
                 elif name == "semi-real":
@@ -134,27 +143,32 @@ def main() -> None:
                     raise SystemExit(f"unknown dataset {name!r} (small, semi-real)")
                 dataset_start = time.perf_counter()
                 result = evaluate(name, data, args, Path(tmp), log)
-                result["settings"] = dict(report["settings"])
+                result["settings"] = dict(settings)
                 result["minutes"] = (time.perf_counter() - dataset_start) / 60
                 result["date"] = report["date"]
                 report["datasets"][name] = result
     finally:
-        ray.shutdown()
-    report["seconds"] = time.perf_counter() - started
+        if names_to_run:
+            ray.shutdown()
 
     suffix = "-quick" if args.quick else ""
     # a run of some datasets keeps the saved figures of the others (each records its own settings)
     saved = RESULTS / f"ensemble{suffix}.json"
     if saved.is_file():
-        previous = json.loads(saved.read_text()).get("datasets", {})
+        saved_report = json.loads(saved.read_text())
+        previous = saved_report.get("datasets", {})
         report["datasets"] = {**{k: v for k, v in previous.items() if k not in report["datasets"]},
                               **report["datasets"]}
+        if args.render_only:
+            report = {**saved_report, "datasets": report["datasets"]}
+    report.pop("settings", None)  # each dataset records its own settings and minutes
+    report.pop("seconds", None)
     names = [n for n in ("small", "semi-real") if n in report["datasets"]]
     lines = ["Sweep of the 3-stage scheme (drug-aware CV), then the collector: the top configurations per "
              "family x stage retrained with several seeds and blended. Treated rows' out-of-fold log loss.", ""]
     for name in names:
         d = report["datasets"][name]
-        st = d.get("settings", report["settings"])
+        st = d["settings"]
         minutes = f", {d['minutes']:.0f} min on {report['cpus']} CPUs" if "minutes" in d else ""
         lines += [f"**{name}** ({d['rows']:,} rows, {d['targets']} targets; prior {d['prior']:.6f}; "
                   f"{st['trials']} trials per family x stage, {st['epochs']} epochs max, {st['folds']} folds, "
@@ -170,6 +184,7 @@ def main() -> None:
                          f"cross-fitted {r['cross_fitted_loss']:.6f} | | |")
         lines += ["", f"Best component {d['best_component']['id']} {d['best_component']['loss']:.6f}; blend "
                   f"cross-fitted {d['blend_cross_fitted_loss']:.6f}: **{d['gain_percent']:+.2f}%**.", ""]
+        d["claims"] = claims_of(d["components"], d["gain_percent"], st["seeds"])
         for claim, ok in d["claims"].items():
             lines.append(f"- {claim}: {'yes' if ok else '**no**'}")
         lines.append("")
