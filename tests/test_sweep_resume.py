@@ -56,7 +56,9 @@ def optuna_history(sweep_dir: Path) -> list:
     import pickle
 
     root = Path(yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["_storage"])
-    states = sorted((root / "direct" / "linear").glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # newest session last: names carry the session's start time (mtimes do not order them, since a
+    # resumed run copies the older session's files to storage again at the end)
+    states = sorted((root / "direct" / "linear").glob("searcher-state-*.pkl"))
     assert states, f"no searcher state under {root}"
     with open(states[-1], "rb") as handle:
         return pickle.load(handle)["_ot_study"].get_trials(deepcopy=False)
