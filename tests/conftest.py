@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,23 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
     captured = capsys.readouterr()
     code = exit_info.value.code
     return (0 if code is None else code), captured.out, captured.err
+
+
+def moa_tune_command(*args: str) -> list[str]:
+    """``moa-tune ARGS`` as a subprocess command line (the installed script, else ``python -m``)."""
+    script = Path(sys.executable).with_name("moa-tune")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "moa_tune.cli", *args]
+
+
+def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``moa-tune`` subprocess that starts its own local Ray.
+
+    ``home`` is a fresh HOME (no developer token or Ray config reaches it) and ``RAY_AUTH_MODE`` is
+    dropped: an earlier in-process ``ray.init`` sets it to ``token`` in this process's environment.
+    """
+    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("RAY_AUTH_MODE", None)
+    return env
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import moa_tune_command as moa_tune, run_cli, subprocess_env
 from moa_tune import ExportError, load
 from moa_tune.folds import Folds
 from moa_tune.metric import log_loss
@@ -39,11 +39,6 @@ SWEEP = {
 }
 
 
-def moa_tune(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("moa-tune")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "moa_tune.cli", *args]
-
-
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory) -> dict:
     from moa_tune.data import save
@@ -53,8 +48,7 @@ def collected(tmp_path_factory) -> dict:
     data_dir = save(generate("tiny", seed=0), root / "data")
     sweep_file = root / "c.yaml"
     sweep_file.write_text(yaml.safe_dump({**SWEEP, "data": str(data_dir)}))
-    env = {**os.environ, "HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_AUTH_MODE", None)
+    env = subprocess_env(root / "home")
     results = root / "results"
     sweep = subprocess.run(moa_tune("sweep", "--config", str(sweep_file), "--results", str(results), "--num-cpus", "2"),
                            capture_output=True, text=True, env=env, timeout=900)

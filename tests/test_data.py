@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli, write_kaggle_dir
+from conftest import moa_tune_command, run_cli, write_kaggle_dir
 from moa_tune import DataError, DataWarning, describe, load, save
 
 
@@ -196,8 +195,7 @@ def test_validate_and_describe_cli(kaggle_dir: Path, capsys: pytest.CaptureFixtu
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path: Path) -> None:
-    script = Path(sys.executable).with_name("moa-tune")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
+    command = moa_tune_command()
     result = subprocess.run([*command, "data", "validate", str(tmp_path / "absent")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'absent'}: no such directory"]

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ import psutil
 import pytest
 import yaml
 
+from conftest import moa_tune_command, subprocess_env
 from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
 
 pytestmark = pytest.mark.slow
@@ -57,8 +57,7 @@ def test_sweep_serves_the_dashboard_on_loopback_behind_the_token(tmp_path: Path,
     home = Path(os.environ["HOME"])  # conftest's hermetic HOME: the sweep creates the token there
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONUNBUFFERED"] = "1"
-    script = Path(sys.executable).with_name("moa-tune")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
+    command = moa_tune_command()
     log = tmp_path / "sweep.log"
     with open(log, "w") as handle:
         driver = subprocess.Popen([*command, "sweep", "--config", str(sweep), "--results", str(tmp_path / "results"),
@@ -116,10 +115,8 @@ def test_every_trial_writes_tensorboard_events_per_fold(tmp_path: Path) -> None:
     parse_sweep(raw, "<monitoring sweep>", SEARCH_SPACES / "sweeps")  # valid before it runs
     sweep_file = tmp_path / "tb.yaml"
     sweep_file.write_text(yaml.safe_dump(raw))
-    script = Path(sys.executable).with_name("moa-tune")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    env.pop("RAY_AUTH_MODE", None)
+    command = moa_tune_command()
+    env = subprocess_env(tmp_path / "home")
     done = subprocess.run([*command, "sweep", "--config", str(sweep_file), "--results", str(tmp_path),
                            "--num-cpus", "2"], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -1,9 +1,7 @@
 """`moa-tune run`: the whole job (sweep, collect, blend, export, predict, report) in one command."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import moa_tune_command, subprocess_env
 from moa_tune import Ensemble
 from moa_tune.stages import Predictions
 from moa_tune.synth import generate
@@ -29,10 +28,8 @@ SWEEP = {
 def test_run_does_the_whole_job(tmp_path: Path) -> None:
     sweep_file = tmp_path / "job.yaml"
     sweep_file.write_text(yaml.safe_dump(SWEEP))
-    script = Path(sys.executable).with_name("moa-tune")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "moa_tune.cli"]
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    env.pop("RAY_AUTH_MODE", None)
+    command = moa_tune_command()
+    env = subprocess_env(tmp_path / "home")
     args = [*command, "run", "--config", str(sweep_file), "--results", str(tmp_path / "results"), "--num-cpus", "2"]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,14 +18,11 @@ import psutil
 import pytest
 import yaml
 
+from conftest import moa_tune_command as moa_tune, subprocess_env
+
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 8
-
-
-def moa_tune(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("moa-tune")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "moa_tune.cli", *args]
 
 
 def kill_tree(pid: int) -> None:
@@ -92,8 +88,7 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     sweep = tmp_path / "resume.yaml"
     sweep.write_text(yaml.safe_dump(raw))
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path / "home")}
-    env.pop("RAY_AUTH_MODE", None)
+    env = subprocess_env(tmp_path / "home")
     # Tune snapshots every ~10 s by default (longer on a loaded machine); every second here, so that the
     # kill below reliably lands on a snapshot that holds finished trials while others still run
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
