@@ -395,7 +395,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
               storage: str | None = None, resume: bool = False, num_cpus: int | None = None,
               emit: Callable[[str], None] = print, dashboard_host: str = DASHBOARD_HOST) -> SweepResult:
     """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``."""
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
     import optuna
@@ -458,9 +458,9 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     searcher = OptunaSearch(space=space, metric=METRIC, mode=MODE,
                                             sampler=optuna.samplers.TPESampler(seed=spec.seed),
                                             points_to_evaluate=spec.points_to_evaluate.get(family) or None)
-                    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=folds.n_splits,
-                                              grace_period=spec.asha["grace_period"],
-                                              reduction_factor=spec.asha["reduction_factor"])
+                    scheduler = FIFOScheduler() if spec.scheduler == "fifo" else ASHAScheduler(
+                        time_attr="training_iteration", max_t=folds.n_splits, grace_period=spec.asha["grace_period"],
+                        reduction_factor=spec.asha["reduction_factor"])
                     tuner = tune.Tuner(
                         run,
                         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
@@ -474,7 +474,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                             callbacks=[TrialLines(label, folds.n_splits, emit)]),
                     )
                     emit(f"[{label}] {stage_spec.trials} trials, up to {concurrency} at once, "
-                         f"{folds.n_splits} folds each")
+                         f"{folds.n_splits} folds each, {spec.scheduler.upper()} scheduler")
                 grid = tuner.fit()
                 rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits)
                 all_rows.extend(rows)

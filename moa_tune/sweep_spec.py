@@ -10,6 +10,8 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
     seeds: [0, 1, 2]                       # training seeds (the first for trials; all for the collector;
                                            # default 0-4)
     time_budget_s: null                    # per family x stage experiment
+    scheduler: asha                        # asha (fold-level early stopping) or fifo (every trial
+                                           # trains every fold)
     asha: {grace_period: 1, reduction_factor: 2}
     resources: {cpu: 1, gpu: 0}            # per trial; gpu may be fractional (0.25 packs four on one GPU)
     max_concurrent: null                   # default: what the cluster's resources allow
@@ -42,7 +44,7 @@ __all__ = ["DEFAULT_SWEEP", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_swe
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEFAULT_SWEEP = SEARCH_SPACES / "sweeps" / "default.yaml"
 
-TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "time_budget_s", "asha", "resources", "max_concurrent",
+TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "time_budget_s", "scheduler", "asha", "resources", "max_concurrent",
             "max_failures", "fixed", "stages", "search_spaces", "points_to_evaluate", "collect")
 FOLD_PARAMS = {
     "n_splits": Param("int", 5, "Number of folds (ASHA's max_t).", low=2, high=50),
@@ -51,6 +53,9 @@ FOLD_PARAMS = {
     "threshold": Param("int", 18, "Drugs with at most this many rows stay whole.", low=1),
     "keep_controls": Param("bool", False, "Train and score on control rows too."),
 }
+SCHEDULER = Param("str", "asha", "Trial scheduler: asha stops poor trials after their first folds; fifo "
+                  "lets every trial train every fold (the baseline ASHA is measured against).",
+                  choices=("asha", "fifo"))
 ASHA_PARAMS = {
     "grace_period": Param("int", 1, "Folds every trial trains before it can be stopped.", low=1),
     "reduction_factor": Param("float", 2.0, "ASHA keeps 1 / reduction_factor of the trials at each rung.",
@@ -84,6 +89,7 @@ class SweepSpec:
     seed: int
     seeds: tuple[int, ...]
     time_budget_s: float | None
+    scheduler: str
     asha: dict[str, Any]
     resources: dict[str, float]
     max_concurrent: int | None
@@ -148,6 +154,10 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
             raise ConfigError(f"{source}: {exc}") from None
 
     folds = section("folds", FOLD_PARAMS)
+    try:
+        scheduler = SCHEDULER.check("scheduler", raw.get("scheduler", SCHEDULER.default))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     asha = section("asha", ASHA_PARAMS)
     resources = section("resources", RESOURCE_PARAMS)
     collect = section("collect", COLLECT_PARAMS)
@@ -256,7 +266,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
                                       f"{spaces[family].source}.{suggest_name(str(key), sorted(searched))}")
         checked_points[family] = [dict(p) for p in plist]
 
-    return SweepSpec(name, data, folds, seed, seeds, budget, asha, resources, max_concurrent, max_failures,
+    return SweepSpec(name, data, folds, seed, seeds, budget, scheduler, asha, resources, max_concurrent, max_failures,
                      dict(fixed), tuple(stages), spaces, checked_points, collect, source, dict(raw))
 
 

@@ -1,0 +1,93 @@
+"""What the design benchmarks (overhead, asha_value, vs_optuna, scaling, gpu_packing, memory) share.
+
+Each prints a table, writes ``results/bench/<name>.json`` and ``.md`` (``<name>-quick.*`` for
+the ``--quick`` smoke run on the ``tiny`` preset that the tests use), and runs ``moa-tune``
+the way a user does: the installed command in a subprocess.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from moa_tune.io import write_json, write_text  # noqa: E402
+
+RESULTS = ROOT / "results" / "bench"
+
+
+def moa_tune_command(*args: str) -> list[str]:
+    """``moa-tune ARGS``: the installed script next to this Python, else ``python -m moa_tune.cli``."""
+    script = Path(sys.executable).with_name("moa-tune")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "moa_tune.cli", *args]
+
+
+def run_sweep_cli(sweep: dict[str, Any], work: Path, *extra: str, env: dict[str, str] | None = None,
+                  timeout: float = 3600) -> tuple[float, Path]:
+    """``moa-tune sweep`` on ``sweep`` (written to ``work``); (wall seconds, the sweep's results folder).
+
+    Fails with the command's last output when it does not exit 0.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{sweep['name']}.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    results = work / "results"
+    started = time.perf_counter()
+    done = subprocess.run(moa_tune_command("sweep", "--config", str(path), "--results", str(results), *extra),
+                          capture_output=True, text=True, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"},
+                          timeout=timeout)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"moa-tune sweep failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds, results / sweep["name"]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def save(name: str, quick: bool, report: dict[str, Any], lines: Sequence[str], out: Path = RESULTS) -> Path:
+    """Write ``<name>[-quick].json`` and ``.md`` under ``out`` and print the markdown."""
+    stem = f"{name}-quick" if quick else name
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", {**report, "machine": machine(), "command": " ".join(sys.argv)})
+    write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return out / f"{stem}.json"
+
+
+def narrow_mlp_space(work: Path) -> str:
+    """A search-space file for the MLP that searches only the learning rate and the width.
+
+    With ``points_to_evaluate`` covering both, a sweep trains exactly the configurations given:
+    how the benchmarks make two arms train the same networks.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "mlp-lr-width.yaml"
+    path.write_text(yaml.safe_dump({"family": "mlp", "params": {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "model.hidden_size": {"type": "int", "low": 32, "high": 2048}}}))
+    return str(path)
