@@ -14,7 +14,6 @@ Writes results/bench/asha_value.json and .md (asha_value-quick.* with --quick: t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,22 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, run_sweep_cli, save  # noqa: E402
+from benchkit import RESULTS, markdown_table, run_sweep_cli, save, trial_reports  # noqa: E402
 
 WITHIN = 0.01
-
-
-def reports(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every fold report of every trial (trial, folds_done, loss, timestamp), in finishing order."""
-    rows = []
-    for trial in trials.itertuples():
-        lines = (Path(trial.path) / "result.json").read_text().splitlines()
-        for line in lines:
-            result = json.loads(line)
-            rows.append({"trial": trial.trial_id, "folds_done": int(result["folds_done"]), "loss": result["loss"],
-                         "timestamp": result["timestamp"], "time_total_s": result["time_total_s"]})
-    frame = pd.DataFrame(rows).drop_duplicates(["trial", "folds_done"], keep="last")
-    return frame.sort_values(["timestamp", "time_total_s"], kind="stable").reset_index(drop=True)
 
 
 def folds_to_reach(order: pd.DataFrame, target: float, n_splits: int) -> int | None:
@@ -71,7 +57,7 @@ def main() -> None:
                 work = Path(tmp) / sweep["name"]
                 seconds, out = run_sweep_cli(sweep, work, "--num-cpus", "2", "--storage", str(work / "ray"))
                 trials = pd.read_csv(out / "trials.csv")
-                arms[scheduler] = {"seconds": seconds, "trials": trials, "order": reports(trials)}
+                arms[scheduler] = {"seconds": seconds, "trials": trials, "order": trial_reports(trials)}
             fifo = arms["fifo"]["trials"]
             best = float(fifo.loc[fifo.folds_done == n_splits, "loss"].min())
             target = best * (1 + WITHIN)

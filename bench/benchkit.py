@@ -6,13 +6,14 @@ the way a user does: the installed command in a subprocess.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
@@ -21,6 +22,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from moa_tune.io import write_json, write_text  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULTS = ROOT / "results" / "bench"
 
@@ -91,3 +95,23 @@ def narrow_mlp_space(work: Path) -> str:
         "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
         "model.hidden_size": {"type": "int", "low": 32, "high": 2048}}}))
     return str(path)
+
+
+def trial_reports(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every fold report of the trials of a ``trials.csv`` frame, in the order they finished.
+
+    Read from each trial's ``result.json`` in its Tune folder (the ``path`` column): trial,
+    folds_done, loss, timestamp (whole seconds), time_total_s and time_this_iter_s (the fold's
+    seconds inside the trial).
+    """
+    import pandas as pd
+
+    rows = []
+    for trial in trials.itertuples():
+        for line in (Path(trial.path) / "result.json").read_text().splitlines():
+            result = json.loads(line)
+            rows.append({"trial": trial.trial_id, "folds_done": int(result["folds_done"]), "loss": result["loss"],
+                         "timestamp": result["timestamp"], "time_total_s": result["time_total_s"],
+                         "time_this_iter_s": result["time_this_iter_s"]})
+    frame = pd.DataFrame(rows).drop_duplicates(["trial", "folds_done"], keep="last")
+    return frame.sort_values(["timestamp", "time_total_s"], kind="stable").reset_index(drop=True)

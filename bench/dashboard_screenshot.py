@@ -13,7 +13,7 @@ cookie, so the browser first opens a one-shot local page on another loopback por
 cookie and redirects to the dashboard: cookies are per host, not per port, so the dashboard gets it.
 
 Usage: python bench/dashboard_screenshot.py [--page jobs|overview|cluster|actors]
-           [--out bench/results/dashboard.png] [--size 1400,900]
+           [--out results/bench/dashboard.png] [--size 1400,900]
 Exits 2 when no chromium, chromium-browser or google-chrome binary is on PATH
 (Debian: ``apt-get install chromium``).
 """
@@ -148,7 +148,7 @@ def stop(driver: subprocess.Popen, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--page", default="jobs", help="dashboard page after #/ (jobs, overview, cluster, actors)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "dashboard.png")
     parser.add_argument("--size", default="1400,900", help="browser window WIDTH,HEIGHT in pixels")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each step")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ single component, the blend's CV in-sample and cross-fitted, and the claims:
 
 Usage: python bench/ensemble.py [--datasets small,semi-real] [--trials 3] [--epochs 12] [--folds 5]
                                 [--seeds 5] [--top-k 1] [--quick] [--render-only]
-Writes bench/results/ensemble.json and bench/results/ensemble.md (ensemble-quick.* with --quick). A
+Writes results/bench/ensemble.json and results/bench/ensemble.md (ensemble-quick.* with --quick). A
 run of some datasets keeps the saved figures of the others; each dataset records its own settings.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from moa_tune.io import write_json, write_text  # noqa: E402
 from moa_tune.metric import log_loss, prior_predictions  # noqa: E402
 from moa_tune.synth import PRESETS, generate  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 REAL_LABELS = ROOT.parent / "shared" / "data" / "lish-moa-labels"
 SEMI_REAL_PRESET = dataclasses.replace(PRESETS["full"], name="semi-real", n_genes=200, n_cells=40)
 

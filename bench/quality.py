@@ -12,7 +12,7 @@ folds, through the public API (``moa_tune.train.run_training``), this prints and
 Losses are the competition metric on the treated rows' out-of-fold predictions.
 
 Usage: python bench/quality.py [--quick] [--no-semi-real] [--epochs N] [--workers N] [--threads N]
-Writes bench/results/quality.json and bench/results/quality.md (quality-quick.* with --quick).
+Writes results/bench/quality.json and results/bench/quality.md (quality-quick.* with --quick).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from moa_tune.metric import log_loss, prior_predictions  # noqa: E402
 from moa_tune.synth import PRESETS, generate  # noqa: E402
 from moa_tune.train import run_training  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 REAL_LABELS = ROOT.parent / "shared" / "data" / "lish-moa-labels"
 #: Semi-real data keeps the real 23,814 rows and 206 + 402 targets; fewer genes and cells keep the
 #: run affordable on 2 CPUs (the real data has 772 and 100).

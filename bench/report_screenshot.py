@@ -4,7 +4,7 @@ Writes ``report.html`` for a sweep folder (``moa_tune.report.write_report``) and
 browser shows it, to look at the layout without opening a browser. Without a folder argument it
 builds the same small fake sweep as the tests (``moa_tune.report._demo_sweep``) in a temporary folder.
 
-Usage: python bench/report_screenshot.py [SWEEP_DIR] [--out bench/results/report.png] [--size 1400,3000]
+Usage: python bench/report_screenshot.py [SWEEP_DIR] [--out results/bench/report.png] [--size 1400,3000]
 Exits 2 when no chromium, chromium-browser or google-chrome binary is on PATH
 (Debian: ``apt-get install chromium``).
 """
@@ -43,7 +43,7 @@ def screenshot(browser: str, page: Path, png: Path, size: str, work: Path) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", nargs="?", type=Path, help="a sweep folder (default: a fake demo sweep)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "report.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "report.png")
     parser.add_argument("--size", default="1400,3000", help="browser window WIDTH,HEIGHT in pixels")
     args = parser.parse_args(argv)
 

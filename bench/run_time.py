@@ -6,7 +6,7 @@ times it end to end and per step from the command's own progress lines, and chec
 of 10 minutes on this machine.
 
 Usage: python bench/run_time.py [--budget-s 600] [--num-cpus N] [--quick] [--keep DIR]
-Writes bench/results/run_time.json and bench/results/run_time.md (run_time-quick.* with --quick,
+Writes results/bench/run_time.json and results/bench/run_time.md (run_time-quick.* with --quick,
 which runs a tiny sweep to check the script itself).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from moa_tune.io import write_json, write_text  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 QUICK_SWEEP = {
     "name": "run-quick", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3}, "seeds": [0, 1],
     "fixed": {"train.epochs": 2, "train.early_stopping": 0, "mlp": {"model.hidden_size": 32}},

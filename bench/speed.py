@@ -8,7 +8,7 @@
    in a fresh process (ru_maxrss), and whether two such trials fit in 24 GiB.
 
 Usage: python bench/speed.py [--epochs 3] [--threads 1] [--quick]
-Writes bench/results/speed.json and bench/results/speed.md.
+Writes results/bench/speed.json and results/bench/speed.md.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from moa_tune.models import get_family  # noqa: E402
 from moa_tune.synth import generate  # noqa: E402
 from moa_tune.train import fit_fold  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 MACHINE_MEMORY_GIB = 24
 
 

@@ -16,7 +16,7 @@ default MLP, 20 epochs max, seed 0), through the public API:
 - ``transfer``: pretrain on the nonscored targets, fine-tune on the scored ones.
 
 Usage: python bench/stage2_diagnosis.py [--epochs N] [--workers N]
-Writes bench/results/stage2_diagnosis.json and .md.
+Writes results/bench/stage2_diagnosis.json and .md.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from moa_tune.folds import make_folds  # noqa: E402
 from moa_tune.io import write_json, write_text  # noqa: E402
 from moa_tune.stages import Predictions, fold_fingerprint  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 N_SPLITS = 5
 
 

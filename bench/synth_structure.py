@@ -31,7 +31,7 @@ Kaggle solutions did (a target whose positives all sit in the held-out fold woul
 the 1e-15 clip of the metric). The logistic C (0.003) was the best of 0.001-0.03 on both datasets.
 Work runs in ``--jobs`` single-threaded processes (2 by default): multi-threaded BLAS on 2
 shared cores is several times slower than one thread per process. Results go to
-bench/results/synth_structure.{json,md} (written atomically); exit status 1 if an ordering fails.
+results/bench/synth_structure.{json,md} (written atomically); exit status 1 if an ordering fails.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ from moa_tune.data import CP_DOSES, CP_TIMES, MoaData, find_file  # noqa: E402
 from moa_tune.metric import log_loss  # noqa: E402
 
 REAL_LABELS = ROOT.parent / "shared" / "data" / "lish-moa-labels"
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "results" / "bench"
 CLIP = (0.0005, 0.9995)
 SEED = 0
 FOLDS = 5

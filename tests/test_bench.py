@@ -1,0 +1,76 @@
+"""The design benchmarks (bench/*.py of issue 7) run end to end on the tiny preset.
+
+Each script runs as a user runs it (``python bench/X.py --quick``), into a temporary folder; the
+figures themselves are the benchmarks' business, these tests check that every arm ran and that
+what each script claims to compare is really comparable.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(name: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(out), *args],
+                          capture_output=True, text=True, env=subprocess_env(tmp_path / "home"), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (out / f"{name}-quick.md").read_text().strip() in done.stdout  # the table is printed too
+    return json.loads((out / f"{name}-quick.json").read_text())
+
+
+def test_overhead_runs_the_same_networks_in_both_arms(tmp_path: Path) -> None:
+    report = run_bench("overhead", tmp_path, "--configs", "4")
+    assert report["configs"] == 4 and report["loop_wall_s"] > 0 and report["sweep_wall_s"] > 0
+    # the sweep trained exactly the loop's configurations: same mean fold losses, one for one
+    assert report["same_losses"], (report["loop_losses"], report["sweep_losses"])
+
+
+def test_asha_value_counts_fold_trainings_of_both_schedulers(tmp_path: Path) -> None:
+    report = run_bench("asha_value", tmp_path, "--seeds", "0", "--trials", "4")
+    (seed,) = report["per_seed"]
+    assert seed["fifo"]["folds_total"] == 4 * report["folds"]  # FIFO trains every fold of every trial
+    assert seed["asha"]["folds_total"] < seed["fifo"]["folds_total"] and seed["asha"]["stopped_early"] >= 1
+    assert seed["fifo"]["folds_to_target"] is not None and seed["fifo"]["best"] == pytest.approx(seed["fifo_best"])
+
+
+def test_vs_optuna_runs_three_arms_and_reads_each_study(tmp_path: Path) -> None:
+    report = run_bench("vs_optuna", tmp_path, "--seeds", "0", "--budget-s", "12")
+    arms = report["results"]["0"]
+    assert set(arms) == {"optuna + SuccessiveHalving", "optuna + Hyperband", "moa-tune"}
+    assert all(arm["trials"] >= 1 and arm["folds_trained"] >= 1 for arm in arms.values())
+    # Ray Tune's OptunaSearch tells a stopped trial as COMPLETE: the study holds no PRUNED trial
+    moa = arms["moa-tune"]
+    assert "PRUNED" not in moa["states"] and moa["states"].get("COMPLETE", 0) >= moa["stopped_early"]
+
+
+def test_scaling_uses_one_then_two_worker_nodes(tmp_path: Path) -> None:
+    report = run_bench("scaling", tmp_path, "--trials", "4")
+    assert report["arms"]["1"]["nodes"] == 1 and report["arms"]["2"]["nodes"] == 2
+    assert report["arms"]["1"]["completed"] == report["arms"]["2"]["completed"] == 4
+    assert report["speedup"] > 0
+
+
+def test_memory_sees_both_trials_and_the_object_store(tmp_path: Path) -> None:
+    report = run_bench("memory", tmp_path)
+    assert report["completed"] == 2 and len(report["trials"]) >= 2
+    assert all(t["rss"] > t["uss"] > 0 for t in report["trials"])
+    assert report["object_store_objects_peak"] >= 1
+
+
+def test_gpu_packing_skips_without_a_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real benchmark runs instead (bench/gpu_packing.py)")
+    report = run_bench("gpu_packing", tmp_path)
+    assert "no CUDA GPU" in report["skipped"]
