@@ -13,7 +13,6 @@ Writes results/bench/asha_value.json and .md (asha_value-quick.* with --quick: t
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, run_sweep_cli, save, trial_reports  # noqa: E402
+from benchkit import bench_parser, markdown_table, run_sweep_cli, save, scale, trial_reports  # noqa: E402
 
 WITHIN = 0.01
 
@@ -33,16 +32,12 @@ def folds_to_reach(order: pd.DataFrame, target: float, n_splits: int) -> int | N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 3 folds, few trials: checks the script")
+    parser = bench_parser(__doc__, epochs=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Optuna sampler seeds")
     parser.add_argument("--trials", type=int, default=None, help="trials per sweep [16; quick: 4]")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold [6; quick: 2]")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
     args = parser.parse_args()
-    preset, n_splits = ("tiny", 3) if args.quick else ("small", 5)
+    preset, n_splits, epochs = scale(args)
     n_trials = args.trials or (4 if args.quick else 16)
-    epochs = args.epochs or (2 if args.quick else 6)
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="moa-asha-value-") as tmp:
         for seed in args.seeds:

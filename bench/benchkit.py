@@ -6,6 +6,7 @@ the way a user does: the installed command in a subprocess.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -115,3 +116,24 @@ def trial_reports(trials: pd.DataFrame) -> pd.DataFrame:
                          "time_this_iter_s": result["time_this_iter_s"]})
     frame = pd.DataFrame(rows).drop_duplicates(["trial", "folds_done"], keep="last")
     return frame.sort_values(["timestamp", "time_total_s"], kind="stable").reset_index(drop=True)
+
+
+def bench_parser(doc: str | None, epochs: int, quick_epochs: int = 2) -> argparse.ArgumentParser:
+    """The options every design bench has: ``--quick`` (tiny preset, 3 folds), ``--epochs``, ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 3 folds, a short run: checks the script")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per fold [{epochs}; quick: {quick_epochs}]")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
+    parser.set_defaults(full_epochs=epochs, quick_epochs=quick_epochs)
+    return parser
+
+
+def scale(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(preset, folds, epochs) of a run: ``small``, 5 folds, or ``tiny``, 3 folds with ``--quick``."""
+    preset, n_splits = ("tiny", 3) if args.quick else ("small", 5)
+    return preset, n_splits, args.epochs or (args.quick_epochs if args.quick else args.full_epochs)
+
+
+def lr_ladder(n: int) -> list[float]:
+    """``n`` learning rates from 1e-3 to 3e-2, evenly spaced in log: fixed configurations that differ."""
+    return [round(1e-3 * (30 ** (i / max(1, n - 1))), 6) for i in range(n)]

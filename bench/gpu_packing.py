@@ -13,7 +13,6 @@ Writes results/bench/gpu_packing.json and .md (gpu_packing-quick.* with --quick:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -22,26 +21,22 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, narrow_mlp_space, run_sweep_cli, save  # noqa: E402
+from benchkit import bench_parser, lr_ladder, markdown_table, narrow_mlp_space, run_sweep_cli, save, scale  # noqa: E402
 
 FRACTIONS = (1.0, 0.5, 0.25)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 3 folds: checks the script")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold [10; quick: 2]")
+    parser = bench_parser(__doc__, epochs=10)
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
     args = parser.parse_args()
-    preset, n_splits = ("tiny", 3) if args.quick else ("small", 5)
-    epochs = args.epochs or (2 if args.quick else 10)
+    preset, n_splits, epochs = scale(args)
     if not torch.cuda.is_available():
         reason = f"no CUDA GPU here (torch {torch.__version__}, cuda available: False)"
         save("gpu_packing", args.quick, {"skipped": reason}, [f"GPU packing: skipped, {reason}."], out=args.out)
         return
     gpu = torch.cuda.get_device_name(0)
-    lrs = [round(1e-3 * (30 ** (i / max(1, args.trials - 1))), 6) for i in range(args.trials)]
+    lrs = lr_ladder(args.trials)
     arms: dict[float, dict] = {}
     with tempfile.TemporaryDirectory(prefix="moa-gpu-packing-") as tmp:
         work = Path(tmp)

@@ -18,7 +18,6 @@ Writes results/bench/memory.json and .md (memory-quick.* with --quick: tiny pres
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, save  # noqa: E402
+from benchkit import bench_parser, markdown_table, save  # noqa: E402
 
 MIB = 2 ** 20
 
@@ -101,12 +100,9 @@ class Sampler(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny preset: checks the script")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per fold (memory does not grow with them)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
+    parser = bench_parser(__doc__, epochs=1, quick_epochs=1)  # memory does not grow with epochs
     args = parser.parse_args()
-    preset = "tiny" if args.quick else "full"
+    preset, epochs = "tiny" if args.quick else "full", args.epochs or 1
 
     from moa_tune.sweep import run_sweep
     from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
@@ -115,7 +111,7 @@ def main() -> None:
     data = generate(preset, seed=0)
     size = data_bytes(data)
     raw = {"name": "memory", "data": {"synth": preset, "seed": 0}, "folds": {"n_splits": 3}, "scheduler": "fifo",
-           "seeds": [0], "max_concurrent": 2, "fixed": {"train.epochs": args.epochs, "train.early_stopping": 0},
+           "seeds": [0], "max_concurrent": 2, "fixed": {"train.epochs": epochs, "train.early_stopping": 0},
            "points_to_evaluate": {"mlp": [{"model.hidden_size": 1024, "model.n_layers": 2, "features.scaler": "rankgauss",
                                            "search.pca": True, "features.gene_pca": 100, "features.cell_pca": 20}] * 2},
            "stages": [{"stage": "direct", "families": ["mlp"], "trials": 2}]}
@@ -141,7 +137,7 @@ def main() -> None:
     ratio = sampler.store_peak / size
     lines = [f"`{preset}` preset ({len(data.train):,} train rows, {data.train.n_genes} genes, {data.train.n_cells} cells; "
              f"{size / MIB:.0f} MiB of arrays), 2 MLP trials at once (hidden 1024, PCA 100 + 20), 3 folds, "
-             f"{args.epochs} epoch(s); {sampler.samples} samples over {seconds:.0f} s.", "",
+             f"{epochs} epoch(s); {sampler.samples} samples over {seconds:.0f} s.", "",
              *markdown_table(["process", "peak RSS MiB", "peak USS MiB", "peak shared MiB"], rows), "",
              f"Object store at its peak: **{sampler.store_peak / MIB:.0f} MiB** in {sampler.store_objects_peak} objects, "
              f"{ratio:.2f}x the dataset with {len(trials)} trial processes (one copy, mapped by every trial)."]

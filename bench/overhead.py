@@ -20,7 +20,6 @@ Writes results/bench/overhead.json and .md (overhead-quick.* with --quick: tiny 
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, narrow_mlp_space, run_sweep_cli, save, trial_reports  # noqa: E402
+from benchkit import bench_parser, markdown_table, narrow_mlp_space, run_sweep_cli, save, scale, trial_reports  # noqa: E402
 
 N_CONFIGS = 8
 CONCURRENCY = 2
@@ -68,15 +67,11 @@ def loop_one(config: dict) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 3 folds, 2 epochs: checks the script")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold [8; quick: 2]")
+    parser = bench_parser(__doc__, epochs=8)
     parser.add_argument("--configs", type=int, default=N_CONFIGS, choices=range(1, N_CONFIGS + 1), metavar="N",
                         help=f"how many of the {N_CONFIGS} configurations [all]")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
     args = parser.parse_args()
-    preset, n_splits = ("tiny", 3) if args.quick else ("small", 5)
-    epochs = args.epochs or (2 if args.quick else 8)
+    preset, n_splits, epochs = scale(args)
     fixed = {"train.epochs": epochs, "train.early_stopping": 0, "train.batch_size": 128, "model.n_layers": 2}
 
     from moa_tune.sweep import trial_config

@@ -275,7 +275,7 @@ def markdown(results: list[dict], skipped: list[str], meta: dict) -> str:
                      f"mlp {1 - l['mlp'] / l['logistic']:.1%} below logistic, "
                      f"oracle {1 - l['oracle'] / l['mlp']:.1%} below mlp "
                      f"(mlp {1 - l['mlp'] / l['prior']:.1%} below prior)")
-    lines += [f"", f"semi-real: real labels of {REAL_LABELS.name}, synthetic features with "
+    lines += ["", f"semi-real: real labels of {REAL_LABELS.name}, synthetic features with "
               f"{SEMI_REAL_PRESET.n_genes} genes / {SEMI_REAL_PRESET.n_cells} cells (real: 772 / 100) to fit 2 CPUs."]
     for s in skipped:
         lines.append(f"\nSkipped: {s}")

@@ -22,7 +22,6 @@ Writes results/bench/vs_optuna.json and .md (vs_optuna-quick.* with --quick: tin
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import RESULTS, markdown_table, run_sweep_cli, save  # noqa: E402
+from benchkit import bench_parser, markdown_table, run_sweep_cli, save, scale  # noqa: E402
 
 ARMS = ("optuna + SuccessiveHalving", "optuna + Hyperband", "moa-tune")
 
@@ -108,16 +107,13 @@ def moa_tune_arm(seed: int, budget: float, preset: str, n_splits: int, fixed: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 3 folds, 30 s: checks the script")
+    parser = bench_parser(__doc__, epochs=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget per arm [240; quick: 30]")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold [6; quick: 2]")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and markdown [results/bench]")
     args = parser.parse_args()
-    preset, n_splits = ("tiny", 3) if args.quick else ("small", 5)
+    preset, n_splits, epochs = scale(args)
     budget = args.budget_s or (30.0 if args.quick else 240.0)
-    fixed = {"train.epochs": args.epochs or (2 if args.quick else 6), "train.early_stopping": 0, "train.seed": 0}
+    fixed = {"train.epochs": epochs, "train.early_stopping": 0, "train.seed": 0}
     results: dict[int, dict[str, dict]] = {}
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="moa-vs-optuna-") as tmp:
