@@ -22,6 +22,7 @@ Writes results/bench/vs_optuna.json and .md (vs_optuna-quick.* with --quick: tin
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 import tempfile
@@ -60,10 +61,13 @@ def optuna_arm(pruner: str, seed: int, budget: float, preset: str, n_splits: int
                                 pruner=pruners[pruner])
     start = time.perf_counter()
     folds_trained = 0
+    trained: set[str] = set()  # the configurations trials trained (each trial should bring its own)
 
     def objective(trial) -> float:
         nonlocal folds_trained
-        config = trial_config(space(trial), fixed, "direct", 2)
+        constants = space(trial)  # define-by-run: the sampled values land in trial.params
+        config = trial_config({**trial.params, **constants}, fixed, "direct", 2)
+        trained.add(json.dumps(config, sort_keys=True, default=str))
         loss = float("nan")
         for event in cross_validate(config, data, folds):
             if not isinstance(event, FoldReport):
@@ -83,6 +87,7 @@ def optuna_arm(pruner: str, seed: int, budget: float, preset: str, n_splits: int
     complete = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     return {"best": min(complete) if complete else None, "trials": len(study.trials), "states": states,
             "stopped_early": int(states.get("PRUNED", 0)), "folds_trained": folds_trained,
+            "distinct_configs": len(trained),
             "told_as": "PRUNED (ranked below every complete trial)"}
 
 

@@ -50,6 +50,8 @@ def test_vs_optuna_runs_three_arms_and_reads_each_study(tmp_path: Path) -> None:
     arms = report["results"]["0"]
     assert set(arms) == {"optuna + SuccessiveHalving", "optuna + Hyperband", "moa-tune"}
     assert all(arm["trials"] >= 1 and arm["folds_trained"] >= 1 for arm in arms.values())
+    for name in ("optuna + SuccessiveHalving", "optuna + Hyperband"):  # every trial trains what TPE proposed
+        assert arms[name]["distinct_configs"] == arms[name]["trials"], arms[name]
     # Ray Tune's OptunaSearch tells a stopped trial as COMPLETE: the study holds no PRUNED trial
     moa = arms["moa-tune"]
     assert "PRUNED" not in moa["states"] and moa["states"].get("COMPLETE", 0) >= moa["stopped_early"]
