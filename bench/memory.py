@@ -64,37 +64,47 @@ class Sampler(threading.Thread):
         self.trials: dict[int, dict[str, float]] = {}
         self.store_peak = 0
         self.store_objects_peak = 0
+        self.store_samples = 0
+        self.store_errors: list[str] = []
         self.samples = 0
 
     def _store(self) -> tuple[int, int]:
+        import ray
         from ray._private.internal_api import memory_summary
 
-        text = memory_summary(stats_only=True)
+        # this sweep's Ray by its address (other Rays may run on the machine)
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
         found = re.search(r"Plasma memory usage (\d+) MiB, (\d+) objects", text)
-        return (int(found.group(1)) * MIB, int(found.group(2))) if found else (0, 0)
+        if not found:
+            raise ValueError(f"unexpected `ray memory` summary: {text[:200]!r}")
+        return int(found.group(1)) * MIB, int(found.group(2))
 
     def run(self) -> None:
         import ray
 
+        me = psutil.Process()
         while not self.stop.is_set():
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                title = " ".join(proc.info["cmdline"] or [])
-                if "ImplicitFunc" not in title and proc.info["pid"] not in self.trials:
-                    continue
+            # this sweep's Ray runs under this process (raylet -> workers): other Rays on the machine do not count
+            for proc in me.children(recursive=True):
                 try:
+                    title = " ".join(proc.cmdline())
+                    if "ImplicitFunc" not in title and proc.pid not in self.trials:
+                        continue
                     info = proc.memory_full_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                peak = self.trials.setdefault(proc.info["pid"], {"rss": 0, "uss": 0, "shared": 0})
+                peak = self.trials.setdefault(proc.pid, {"rss": 0, "uss": 0, "shared": 0})
                 peak["rss"] = max(peak["rss"], info.rss)
                 peak["uss"] = max(peak["uss"], info.uss)
                 peak["shared"] = max(peak["shared"], info.rss - info.uss)
-            try:  # the sweep starts (and at its end stops) Ray in this process
-                used, objects = self._store() if ray.is_initialized() else (0, 0)
-                self.store_peak = max(self.store_peak, used)
-                self.store_objects_peak = max(self.store_objects_peak, objects)
-            except Exception:  # noqa: BLE001 - Ray between states; the next sample counts
-                pass
+            if ray.is_initialized():  # the sweep starts (and at its end stops) Ray in this process
+                try:
+                    used, objects = self._store()
+                    self.store_peak = max(self.store_peak, used)
+                    self.store_objects_peak = max(self.store_objects_peak, objects)
+                    self.store_samples += 1
+                except Exception as exc:  # noqa: BLE001 - Ray between states; the next sample counts
+                    self.store_errors.append(f"{type(exc).__name__}: {exc}"[:300])
             self.samples += 1
             self.stop.wait(self.interval)
 
@@ -145,6 +155,7 @@ def main() -> None:
               "data_mib": size / MIB, "seconds": seconds, "samples": sampler.samples,
               "trials": [{k: v / MIB for k, v in p.items()} for p in trials],
               "object_store_peak_mib": sampler.store_peak / MIB, "object_store_objects_peak": sampler.store_objects_peak,
+              "object_store_samples": sampler.store_samples, "object_store_errors": sampler.store_errors[-5:],
               "object_store_over_data": ratio, "completed": int((result.trials.state == "completed").sum())}
     save("memory", args.quick, report, lines, out=args.out)
 

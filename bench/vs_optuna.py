@@ -38,6 +38,10 @@ from benchkit import bench_parser, markdown_table, run_sweep_cli, save, scale  #
 ARMS = ("optuna + SuccessiveHalving", "optuna + Hyperband", "moa-tune")
 
 
+class BudgetSpent(Exception):
+    """The wall-clock budget ran out in the middle of a plain-Optuna trial."""
+
+
 def optuna_arm(pruner: str, seed: int, budget: float, preset: str, n_splits: int, fixed: dict) -> dict:
     """Plain Optuna in this (worker) process for ``budget`` seconds; best complete CV loss and the study's states."""
     import optuna
@@ -76,17 +80,18 @@ def optuna_arm(pruner: str, seed: int, budget: float, preset: str, n_splits: int
             loss = event.running_loss
             if time.perf_counter() - start > budget:  # out of time: this trial does not count
                 study.stop()
-                raise optuna.TrialPruned()
+                raise BudgetSpent()  # recorded as FAIL, not as a pruned trial
             trial.report(loss, event.folds_done)
             if event.folds_done < n_splits and trial.should_prune():
                 raise optuna.TrialPruned()
         return loss
 
-    study.optimize(objective, timeout=budget)
+    study.optimize(objective, timeout=budget, catch=(BudgetSpent,))
     states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     complete = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     return {"best": min(complete) if complete else None, "trials": len(study.trials), "states": states,
-            "stopped_early": int(states.get("PRUNED", 0)), "folds_trained": folds_trained,
+            "stopped_early": int(states.get("PRUNED", 0)), "cut_by_budget": int(states.get("FAIL", 0)),
+            "folds_trained": folds_trained,
             "distinct_configs": len(trained),
             "told_as": "PRUNED (ranked below every complete trial)"}
 
@@ -105,9 +110,13 @@ def moa_tune_arm(seed: int, budget: float, preset: str, n_splits: int, fixed: di
     searcher.restore_from_dir(str(work / "ray" / sweep["name"] / "direct" / "mlp"))
     study_trials = searcher._ot_study.trials  # the Optuna study Ray Tune's searcher kept
     states = pd.Series([t.state.name for t in study_trials]).value_counts().to_dict()
-    stopped = trials[(trials.folds_done < n_splits) & (trials.state != "error")]
+    # trials still running at the budget are cut by Tune (they stay RUNNING in the study); the rest of
+    # the unfinished ones were stopped by ASHA
+    cut = int(states.get("RUNNING", 0))
+    stopped = int(((trials.folds_done < n_splits) & (trials.state == "pruned")).sum()) - cut
     return {"best": float(full.loss.min()) if len(full) else None, "trials": len(trials), "states": states,
-            "stopped_early": int(len(stopped)), "folds_trained": int(trials.folds_done.sum()), "wall_s": seconds,
+            "stopped_early": stopped, "cut_by_budget": cut, "folds_trained": int(trials.folds_done.sum()),
+            "wall_s": seconds,
             "told_as": "COMPLETE with the running loss of its folds"}
 
 
@@ -136,7 +145,7 @@ def main() -> None:
         for arm, r in arms.items():
             states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["states"].items()))
             rows.append([seed, arm, "-" if r["best"] is None else f"{r['best']:.6f}", r["trials"], r["folds_trained"],
-                         r["stopped_early"], states, r["told_as"]])
+                         r["stopped_early"], r["cut_by_budget"], states, r["told_as"]])
     wins = []
     for seed, arms in results.items():
         ours, theirs = arms["moa-tune"]["best"], [arms[a]["best"] for a in ARMS[:2] if arms[a]["best"] is not None]
@@ -146,7 +155,8 @@ def main() -> None:
     summary = ", ".join(f"{arm} {'-' if v is None else f'{v:.6f}'}" for arm, v in mean.items())
     lines = [f"MLP (`search_spaces/mlp.yaml`), `{preset}` preset, {n_splits} folds, {fixed['train.epochs']} epochs; "
              f"{budget:.0f} s of wall clock per arm on 2 cores; best CV loss of the trials that trained every fold.", "",
-             *markdown_table(["sampler seed", "arm", "best CV loss", "trials", "fold-trainings", "stopped early",
+             *markdown_table(["sampler seed", "arm", "best CV loss", "trials", "fold-trainings", "stopped by the pruner",
+                              "cut by the budget",
                               "states in the Optuna study", "a stopped trial is told to TPE as"], rows), "",
              f"Mean best CV loss over {len(results)} seed(s): {summary}. moa-tune equal or better on "
              f"**{sum(wins)} of {len(wins)}** seeds (target: all)."]
