@@ -46,7 +46,11 @@ _DATA: dict = {}
 
 
 def warm_up(preset: str, n_splits: int) -> None:
-    """Import torch and make the data and folds once per worker, before any trial is timed."""
+    """Import torch and make the data and folds once per worker, before any trial is timed.
+
+    (The configurations' ``train.num_threads: 1`` gives torch and numpy's BLAS one thread each,
+    as in the sweep's trials.)
+    """
     import torch
 
     from moa_tune.folds import make_folds

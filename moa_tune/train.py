@@ -59,7 +59,8 @@ PARAMS: dict[str, Param] = {
     "seed": Param("int", 0, "Seed of initialisation, shuffling and dropout.", low=0, high=2**31 - 1),
     "device": Param("str", "auto", "auto (CUDA when available), cpu or cuda.", choices=("auto", "cpu", "cuda")),
     "amp": Param("bool", True, "Mixed precision on CUDA (ignored on CPU)."),
-    "num_threads": Param("int", None, "torch CPU threads (null: leave as set).", low=1, high=1024, nullable=True),
+    "num_threads": Param("int", None, "CPU threads of torch and of numpy's BLAS/OpenMP pools (feature PCA, "
+                         "quantiles); null: leave as set.", low=1, high=1024, nullable=True),
     "eval_batch_size": Param("int", 4096, "Rows per step when predicting.", low=1, high=1_000_000),
 }
 
@@ -277,6 +278,12 @@ def cross_validate(config: Mapping[str, Any], data: MoaData, folds: Folds,
     folds.check(data)
     spec = plan(cfg, data, folds, inputs)
     family, train_p = cfg["family"], cfg["train"]
+    if train_p["num_threads"]:
+        # numpy's BLAS would otherwise use every core in each trial: two 1-CPU trials on 2 cores then
+        # run 4 BLAS threads (Ray does not set OMP_NUM_THREADS for Tune's trial actors)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(train_p["num_threads"])
     test = data.test
     reports: list[FoldReport] = list(resume)
     for k, (train_rows, valid_rows) in enumerate(folds.split()):

@@ -61,6 +61,20 @@ def test_deterministic_per_seed_on_cpu(tiny) -> None:
     assert not np.array_equal(a.oof, c.oof)
 
 
+def test_num_threads_limits_torch_and_the_blas_pools(tiny) -> None:
+    """A 1-CPU trial must not run numpy's BLAS on every core (Ray sets no OMP_NUM_THREADS for Tune's trials)."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    data, folds = tiny
+    with threadpool_limits(2):  # restored afterwards, whatever cross_validate set
+        config = {"family": "linear", "train": {**FAST_TRAIN, "epochs": 1, "num_threads": 1}}
+        events = list(cross_validate(config, data, folds))
+        assert isinstance(events[-1], CVResult)
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info()), threadpool_info()
+
+
 def test_resume_skips_done_folds(tiny) -> None:
     data, folds = tiny
     config = {"family": "linear", "train": FAST_TRAIN}
