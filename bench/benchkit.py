@@ -137,3 +137,12 @@ def scale(args: argparse.Namespace) -> tuple[str, int, int]:
 def lr_ladder(n: int) -> list[float]:
     """``n`` learning rates from 1e-3 to 3e-2, evenly spaced in log: fixed configurations that differ."""
     return [round(1e-3 * (30 ** (i / max(1, n - 1))), 6) for i in range(n)]
+
+
+def trials_span(reports: pd.DataFrame) -> float:
+    """Seconds from the first trial's start to the last trial's end, from :func:`trial_reports`.
+
+    A trial starts one fold's time before its first report; Tune's timestamps are whole seconds.
+    """
+    first = reports.sort_values("folds_done").groupby("trial").first()
+    return float(reports.timestamp.max() - (first.timestamp - first.time_this_iter_s).min())

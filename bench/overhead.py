@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit import bench_parser, markdown_table, narrow_mlp_space, run_sweep_cli, save, scale, trial_reports  # noqa: E402
+from benchkit import bench_parser, markdown_table, narrow_mlp_space, run_sweep_cli, save, scale, trial_reports, trials_span  # noqa: E402
 
 N_CONFIGS = 8
 CONCURRENCY = 2
@@ -103,9 +103,7 @@ def main() -> None:
         reports = trial_reports(trials)
     if len(trials) != args.configs or (trials["folds_done"] != n_splits).any():
         raise SystemExit(f"the sweep did not train every fold of the {args.configs} configurations:\n{trials}")
-    # a trial starts one fold's time before its first report; Tune's timestamps are whole seconds
-    first = reports.sort_values("folds_done").groupby("trial").first()
-    sweep_span = reports.timestamp.max() - (first.timestamp - first.time_this_iter_s).min()
+    sweep_span = trials_span(reports)
 
     loop_losses = sorted(round(loss, 6) for loss, _, _ in loop)
     sweep_losses = sorted(round(loss, 6) for loss in trials["loss"])

@@ -34,7 +34,7 @@ from moa_tune.sweep import run_sweep
 from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
 from moa_tune.synth import generate
 sys.path.insert(0, sys.argv[4])
-from benchkit import trial_reports
+from benchkit import trial_reports, trials_span
 
 n_workers, raw, out = int(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 # the head holds no trial; without its dashboard, fewer daemons compete with the trials for this
@@ -51,9 +51,7 @@ try:
                        address=cluster.address)
     seconds = time.perf_counter() - start
     trials = result.trials
-    reports = trial_reports(trials)
-    first = reports.sort_values("folds_done").groupby("trial").first()
-    span = float(reports.timestamp.max() - (first.timestamp - first.time_this_iter_s).min())
+    span = trials_span(trial_reports(trials))
     print("RESULT " + json.dumps({"seconds": seconds, "span": span, "trials": int(len(trials)),
                                   "completed": int((trials.state == "completed").sum()),
                                   "nodes": int(trials.node.nunique()), "trial_s": float(trials.time_s.mean())}))

@@ -70,6 +70,18 @@ MIN_ONECYCLE_STEPS = 5
 Progress = Callable[[dict[str, Any]], None]
 
 
+def limit_threads(n: int) -> None:
+    """``n`` CPU threads for torch and for numpy's BLAS/OpenMP pools (feature PCA, quantiles).
+
+    Ray does not set OMP_NUM_THREADS for Tune's trial actors: without this, two 1-CPU trials on 2
+    cores would each run BLAS on every core.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
 def choose_device(preference: str = "auto") -> torch.device:
     """CUDA when available (or asked for), else CPU."""
     if preference == "cpu":
@@ -136,7 +148,7 @@ def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping
     p = train_params
     device = choose_device(p["device"])
     if p["num_threads"]:
-        torch.set_num_threads(p["num_threads"])
+        limit_threads(p["num_threads"])
     torch.manual_seed(seed)
     net = get_family(family).build(x_train.shape[1], y_train.shape[1], model_params, groups or {}).to(device)
     if init_state is not None:
@@ -279,11 +291,7 @@ def cross_validate(config: Mapping[str, Any], data: MoaData, folds: Folds,
     spec = plan(cfg, data, folds, inputs)
     family, train_p = cfg["family"], cfg["train"]
     if train_p["num_threads"]:
-        # numpy's BLAS would otherwise use every core in each trial: two 1-CPU trials on 2 cores then
-        # run 4 BLAS threads (Ray does not set OMP_NUM_THREADS for Tune's trial actors)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(train_p["num_threads"])
+        limit_threads(train_p["num_threads"])
     test = data.test
     reports: list[FoldReport] = list(resume)
     for k, (train_rows, valid_rows) in enumerate(folds.split()):
