@@ -38,11 +38,14 @@ def test_overhead_runs_the_same_networks_in_both_arms(tmp_path: Path) -> None:
 
 
 def test_asha_value_counts_fold_trainings_of_both_schedulers(tmp_path: Path) -> None:
-    report = run_bench("asha_value", tmp_path, "--seeds", "0", "--trials", "4")
+    report = run_bench("asha_value", tmp_path, "--seeds", "0", "--trials", "6", "--reduction-factors", "4")
     (seed,) = report["per_seed"]
-    assert seed["fifo"]["folds_total"] == 4 * report["folds"]  # FIFO trains every fold of every trial
-    assert seed["asha"]["folds_total"] < seed["fifo"]["folds_total"] and seed["asha"]["stopped_early"] >= 1
-    assert seed["fifo"]["folds_to_target"] is not None and seed["fifo"]["best"] == pytest.approx(seed["fifo_best"])
+    fifo, asha = seed["arms"]["fifo"], seed["arms"]["asha rf4"]
+    assert fifo["folds_total"] == 6 * report["folds"] and fifo["stopped_early"] == 0  # FIFO trains every fold
+    assert fifo["folds_to_target"] is not None and fifo["best"] == pytest.approx(seed["fifo_best"])
+    # the rung at fold 1 keeps the top quarter so far: six trials all passing it is well under 1 in 100
+    assert asha["stopped_early"] >= 1 and asha["folds_total"] <= fifo["folds_total"] - asha["stopped_early"]
+    assert seed["bound"] >= 1 and report["ratios"].keys() == {"asha rf4"}
 
 
 def test_vs_optuna_runs_three_arms_and_reads_each_study(tmp_path: Path) -> None:
