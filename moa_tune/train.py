@@ -31,6 +31,7 @@ from .features import FeaturePipeline
 from .folds import Folds
 from .metric import log_loss
 from .models import MoaModel, get_family
+from .models._base import ExternalFamily
 from .params import Param
 from .stages import Plan, Predictions, fold_fingerprint, plan
 
@@ -62,6 +63,14 @@ PARAMS: dict[str, Param] = {
     "num_threads": Param("int", None, "CPU threads of torch and of numpy's BLAS/OpenMP pools (feature PCA, "
                          "quantiles); null: leave as set.", low=1, high=1024, nullable=True),
     "eval_batch_size": Param("int", 4096, "Rows per step when predicting.", low=1, high=1_000_000),
+    "mlsmote": Param("float", 0.0, "MLSMOTE: synthetic rows for rare labels appended to each fold's training rows, "
+                     "as a fraction of them (0: off; more rows, slower epochs).", low=0.0, high=10.0),
+    "mlsmote_neighbors": Param("int", 5, "MLSMOTE: nearest neighbours (among the rare label's positives) a "
+                               "synthetic row is drawn from and takes its labels from.", low=1, high=100),
+    "mlsmote_threshold": Param("float", 1.0, "MLSMOTE: a label is rare when its imbalance ratio (positives of "
+                               "the most frequent label / its positives) exceeds this times the mean ratio "
+                               "(1: the paper's rule; higher: fewer, rarer labels).", low=0.0, high=1000.0,
+                               low_open=True),
 }
 
 #: Fewer optimisation steps than this run at a constant rate (a one-cycle schedule needs room).
@@ -101,8 +110,14 @@ def _seed_of(seed: int, *parts: int) -> int:
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device | None = None,
             batch_size: int = 4096) -> np.ndarray:
-    """Probabilities (float32, numpy) of ``model`` on ``x``, in eval mode."""
-    device = device or next(model.parameters()).device
+    """Probabilities (float32, numpy) of ``model`` on ``x``, in eval mode.
+
+    Without ``device``, the device of the model's parameters (the CPU for a model without any,
+    such as a fitted :class:`~moa_tune.models._base.ExternalModel`).
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
     model.eval()
     tensor = torch.as_tensor(x, dtype=torch.float32)
     out = []
@@ -143,8 +158,14 @@ def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping
     """Train one network on one fold and keep the epoch with the best validation log loss.
 
     ``model_params`` and ``train_params`` are resolved sections of a config. ``init_state``
-    (transfer learning) initialises every tensor whose name and shape match.
+    (transfer learning) initialises every tensor whose name and shape match. A family that fits
+    its own models (an :class:`~moa_tune.models._base.ExternalFamily`, such as CatBoost's trees)
+    gets the same arguments and returns the same :class:`FoldFit`.
     """
+    owner = get_family(family)
+    if isinstance(owner, ExternalFamily):
+        return owner.fit_fold(model_params, train_params, x_train, y_train, x_valid, y_valid, x_test,
+                              groups=groups, seed=seed, epochs=epochs, init_state=init_state, progress=progress)
     p = train_params
     device = choose_device(p["device"])
     if p["num_threads"]:
@@ -286,6 +307,8 @@ def cross_validate(config: Mapping[str, Any], data: MoaData, folds: Folds,
     already done (from a checkpoint); those folds are not trained again. ``keep_models`` attaches
     each fold's network and feature pipeline to its report (for saving or export).
     """
+    from .mlsmote import oversample
+
     cfg = resolve_config(config)
     folds.check(data)
     spec = plan(cfg, data, folds, inputs)
@@ -312,7 +335,10 @@ def cross_validate(config: Mapping[str, Any], data: MoaData, folds: Folds,
                            spec.pretrain[valid_rows], None, groups=pipeline.groups_, seed=_seed_of(seed, k, 1),
                            epochs=cfg["stage_options"]["pretrain_epochs"], progress=progress)
             init_state = pre.model.state_dict()
-        fit = fit_fold(family, cfg["model"], train_p, x_train, spec.targets[train_rows], x_valid,
+        # MLSMOTE (off by default) on this fold's training rows only, after the pipeline: validation untouched
+        x_fit, y_fit = oversample(x_train, spec.targets[train_rows], train_p, groups=pipeline.groups_,
+                                  seed=_seed_of(seed, k, 2))
+        fit = fit_fold(family, cfg["model"], train_p, x_fit, y_fit, x_valid,
                        spec.targets[valid_rows], x_test, groups=pipeline.groups_, seed=_seed_of(seed, k),
                        init_state=init_state, progress=progress)
         valid_pred = _expand(fit.valid_pred, spec)

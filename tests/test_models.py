@@ -28,7 +28,8 @@ N_INPUTS, N_OUTPUTS = 37, 11
 GROUPS = {"genes": np.arange(0, 20), "cells": np.arange(20, 30), "meta": np.arange(30, 37)}
 BATCH = 16
 SEED = 0
-FAMILY_NAMES = sorted(FAMILIES)
+# the torch networks; a family fitted by another library (catboost) has its own tests
+FAMILY_NAMES = sorted(name for name in FAMILIES if get_family(name).torch_network)
 SCALAR_KINDS = {"int", "float", "bool", "str"}
 
 
@@ -341,6 +342,145 @@ def test_resnet2head_rejects_bad_group_indices() -> None:
         build("resnet2head", groups={"genes": np.array([0, N_INPUTS])}, subset="genes")
     with pytest.raises(ValueError, match="integer"):
         build("resnet2head", groups={"genes": np.array([0.0, 1.0])}, subset="genes")
+
+
+# ---------------------------------------------------------------------------------------------
+# resnet3head
+
+# The common checks' GROUPS have no PCA/stats/inputs columns, so head C's default subset
+# ('engineered') falls back to all features there, with a warning that is expected (and checked below).
+pytestmark = pytest.mark.filterwarnings("ignore:resnet3head. none of the feature groups:UserWarning")
+
+#: Feature groups as a pipeline with PCA and row statistics lays them out (37 columns).
+GROUPS_3HEAD = {"genes": np.arange(0, 15), "cells": np.arange(15, 22), "gene_pca": np.arange(22, 25),
+                "cell_pca": np.arange(25, 26), "stats": np.arange(26, 30), "meta": np.arange(30, 37)}
+
+
+def head_inputs(model: MoaModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What each head's first block receives, captured with forward pre-hooks."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [getattr(model, head).register_forward_pre_hook(
+        lambda module, args, head=head: seen.update({head: args[0]})) for head in ("head_a", "head_b", "head_c")]
+    try:
+        eval_outputs(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def head_outputs(model: MoaModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What each head returns, captured with forward hooks."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [getattr(model, head).register_forward_hook(
+        lambda module, args, out, head=head: seen.update({head: out})) for head in ("head_a", "head_b", "head_c")]
+    try:
+        eval_outputs(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def final_input(model: MoaModel, x: torch.Tensor) -> torch.Tensor:
+    """What the final block receives (the joined heads)."""
+    seen: list[torch.Tensor] = []
+    handle = model.final.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        eval_outputs(model, x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("subset_b", "subset_c", "columns_b", "columns_c"), [
+    ("genes_cells", "engineered", np.arange(0, 22), np.arange(22, 30)),
+    ("genes", "pca_stats", np.arange(0, 15), np.arange(22, 30)),
+    ("pca", "stats", np.arange(22, 26), np.arange(26, 30)),
+    ("cells", "cells", np.arange(15, 22), np.arange(15, 22)),
+])
+def test_resnet3head_heads_see_their_subsets(subset_b: str, subset_c: str, columns_b: np.ndarray,
+                                             columns_c: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every subset is present: no fallback
+        model = build("resnet3head", groups=GROUPS_3HEAD, subset_b=subset_b, subset_c=subset_c,
+                      hidden_size=32, bottleneck_size=16)
+    assert model.head_b[0].linear.in_features == len(columns_b) + 16
+    assert model.head_c[0].linear.in_features == len(columns_c) + 16
+    x = inputs()
+    seen = head_inputs(model, x)
+    torch.testing.assert_close(seen["head_a"], x, rtol=0, atol=0)
+    with torch.no_grad():  # B: its columns next to A's output; C: its columns next to B's output
+        assert torch.equal(seen["head_b"], torch.cat([x[:, columns_b], model.head_a(x)], dim=1))
+        assert torch.equal(seen["head_c"], torch.cat([x[:, columns_c], model.head_b(seen["head_b"])], dim=1))
+    # a column outside C's subset reaches head C only through head B's output
+    changed = x.clone()
+    changed[:, np.setdiff1d(np.arange(N_INPUTS), columns_c)[0]] += 10.0
+    assert torch.equal(head_inputs(model, changed)["head_c"][:, :len(columns_c)], x[:, columns_c])
+
+
+def test_resnet3head_widths_combine_and_state() -> None:
+    model = build("resnet3head", groups=GROUPS_3HEAD)
+    assert [b.linear.out_features for b in model.head_a] == [512, 256]
+    assert [b.linear.out_features for b in model.head_b] == [512, 512, 256, 256]
+    assert [b.linear.out_features for b in model.head_c] == [256]
+    assert model.final.linear.in_features == 256
+    x = inputs()
+    outputs = head_outputs(model, x)  # 'average': the final block reads the mean of the three heads
+    torch.testing.assert_close(final_input(model, x), (outputs["head_a"] + outputs["head_b"] + outputs["head_c"]) / 3)
+    concat = build("resnet3head", groups=GROUPS_3HEAD, combine="concat", hidden_size=64, bottleneck_size=32,
+                   n_blocks_a=1, n_blocks_b=3, n_blocks_c=4)
+    assert [b.linear.out_features for b in concat.head_c] == [64, 64, 32, 32]
+    assert concat.final.linear.in_features == 3 * 32
+    assert concat.head_c[0].linear.in_features == 8 + 32
+    state = model.state_dict()
+    assert torch.equal(state["subset_b_index"], torch.arange(0, 22))
+    assert torch.equal(state["subset_c_index"], torch.arange(22, 30))
+
+
+def test_resnet3head_fallback_names_the_head() -> None:
+    with pytest.warns(UserWarning, match="resnet3head: .* head C uses all 37 features") as record:
+        model = build("resnet3head")  # GROUPS: genes, cells and meta only
+    assert len(record) == 1 and "subset 'engineered'" in str(record[0].message)  # B's genes_cells is present
+    assert torch.equal(model.subset_c_index, torch.arange(N_INPUTS))
+    assert model.head_c[0].linear.in_features == N_INPUTS + 256
+    with pytest.warns(UserWarning, match="head B uses all 37 features"):
+        build("resnet3head", groups={"stats": np.arange(0, 4)}, subset_b="genes_cells")
+    with pytest.raises(ValueError, match="outside"):
+        build("resnet3head", groups={"stats": np.array([0, N_INPUTS])})
+
+
+def test_resnet3head_cross_validates_at_stage2(tiny, tmp_path: Path) -> None:
+    """End to end on the tiny preset: head C gets the pipeline's PCA, stats and stage-1 columns, and a fold reloads."""
+    from conftest import FAST_TRAIN
+
+    from moa_tune.artifacts import load_fitted, save_fitted
+    from moa_tune.train import CVResult, cross_validate
+
+    data, folds = tiny
+    bare = {"scaler": "none", "gene_pca": 0, "cell_pca": 0, "row_stats": False}  # stage 1 only makes inputs
+    *_, stage1 = cross_validate({"family": "linear", "stage": "stage1", "features": bare,
+                                 "train": {**FAST_TRAIN, "epochs": 1}}, data, folds)
+    config = {"family": "resnet3head", "stage": "stage2", "train": {**FAST_TRAIN, "epochs": 2},
+              "model": {"hidden_size": 32, "bottleneck_size": 16, "n_blocks_b": 2}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # both subsets are present in a real pipeline
+        *reports, result = cross_validate(config, data, folds, stage1.predictions, keep_models=True)
+    assert isinstance(result, CVResult) and np.isfinite(result.loss)
+    assert result.oof.shape == data.scored.shape and result.predictions.columns == data.scored_columns
+    report = reports[0]
+    groups = report.pipeline.groups_
+    assert groups["inputs"].size and groups["gene_pca"].size and groups["stats"].size
+    engineered = np.concatenate([groups[g] for g in ("gene_pca", "cell_pca", "stats", "inputs")])
+    np.testing.assert_array_equal(report.model.subset_c_index.numpy(), np.sort(engineered))
+    np.testing.assert_array_equal(report.model.subset_b_index.numpy(),
+                                  np.concatenate([groups["genes"], groups["cells"]]))
+    resolved = get_family("resnet3head").resolve(config["model"])
+    save_fitted(tmp_path / "fold_0", family="resnet3head", model_params=resolved, n_outputs=report.model_outputs,
+                model=report.model, pipeline=report.pipeline)
+    _, loaded, _ = load_fitted(tmp_path / "fold_0")
+    x = torch.randn(5, report.pipeline.n_features_out_, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(eval_outputs(loaded, x), eval_outputs(report.model.cpu(), x))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ __all__ = ["FAMILIES", "Family", "MoaModel", "get_family"]
 
 #: family name -> "module:class" (the registry entry).
 FAMILIES: dict[str, str] = {
+    "catboost": "moa_tune.models.catboost:CatBoostFamily",
     "linear": "moa_tune.models.linear:Linear",
     "mlp": "moa_tune.models.mlp:MLP",
     "resnet2head": "moa_tune.models.resnet2head:ResNet2Head",
+    "resnet3head": "moa_tune.models.resnet3head:ResNet3Head",
     "tabnet": "moa_tune.models.tabnet:TabNet",
 }
 

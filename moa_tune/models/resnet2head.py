@@ -64,11 +64,17 @@ def head_widths(n_blocks: int, hidden_size: int, bottleneck_size: int) -> list[i
     return [hidden_size] * n_wide + [bottleneck_size] * (n_blocks - n_wide)
 
 
-def subset_columns(subset: str, n_inputs: int, groups: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Sorted column indices of head B's input (see the module docstring for the fallback)."""
+def subset_columns(subset: str, n_inputs: int, groups: Mapping[str, np.ndarray], *,
+                   subsets: Mapping[str, tuple[str, ...]] = SUBSETS, family: str = "resnet2head",
+                   head: str = "B") -> np.ndarray:
+    """Sorted column indices of head B's input (see the module docstring for the fallback).
+
+    ``subsets``, ``family`` and ``head`` let ``resnet3head`` pick its heads' columns with the same
+    checks and fallback, from its own table of subsets and naming its own head in the warning.
+    """
     groups = groups or {}
     parts = []
-    for name in SUBSETS[subset]:
+    for name in subsets[subset]:
         index = np.asarray(groups.get(name, ()))
         if index.size == 0:
             continue
@@ -78,8 +84,8 @@ def subset_columns(subset: str, n_inputs: int, groups: Mapping[str, np.ndarray])
             raise ValueError(f"feature group '{name}' has column indices outside [0, {n_inputs})")
         parts.append(index.ravel())
     if not parts:
-        warnings.warn(f"resnet2head: none of the feature groups {list(SUBSETS[subset])} of subset '{subset}' "
-                      f"is present; head B uses all {n_inputs} features.", UserWarning, stacklevel=3)
+        warnings.warn(f"{family}: none of the feature groups {list(subsets[subset])} of subset '{subset}' "
+                      f"is present; head {head} uses all {n_inputs} features.", UserWarning, stacklevel=3)
         return np.arange(n_inputs, dtype=np.int64)
     return np.unique(np.concatenate(parts)).astype(np.int64)
 
