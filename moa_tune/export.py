@@ -3,7 +3,8 @@
 Layout of ``results/<sweep>/ensemble/``::
 
     manifest.json                         schema, versions, columns, stages, components, blend, sha256s
-    <component>/seed<s>/fold_<k>/         model.safetensors, model.json, features.npz, features.json
+    <component>/seed<s>/fold_<k>/         model.safetensors (model.cbm: catboost's trees), model.json,
+                                          features.npz, features.json
 
 A component is one configuration (``<stage>-<family>-r<rank>``) retrained with several seeds on
 every fold. The manifest says how the stages chain (which components feed the next stage, and
@@ -39,6 +40,8 @@ def write_manifest(staging: str | os.PathLike, manifest: Mapping[str, Any]) -> P
     renamed into place by the caller once this returns); ``manifest`` holds everything but
     ``schema``, versions and ``files``.
     """
+    from importlib.metadata import version
+
     import numpy as np
     import torch
 
@@ -46,7 +49,9 @@ def write_manifest(staging: str | os.PathLike, manifest: Mapping[str, Any]) -> P
 
     staging = Path(staging)
     names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    # the fitted transforms (FA, UMAP) and trees are restored by these libraries: their versions matter too
+    libraries = {name: version(name) for name in ("scikit-learn", "umap-learn", "catboost")}
     full = {"schema": SCHEMA, "moa_tune": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **libraries, "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **dict(manifest), "files": {name: sha256(staging / name) for name in names}}
     return write_json(staging / MANIFEST, full)

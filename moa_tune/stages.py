@@ -186,6 +186,7 @@ def plan(config: Mapping[str, Any], data: MoaData, folds: Folds,
         if options["pretrain_targets"] == "both":
             pretrain = np.hstack([scored, pretrain])
     if stage == "stage3" and not options["with_features"]:
-        features.update(raw=False, gene_pca=0, cell_pca=0, row_stats=False, meta=False)
+        features.update(raw=False, gene_pca=0, cell_pca=0, gene_fa=0, cell_fa=0, gene_umap=0, cell_umap=0, pair_products=0,
+                        row_stats=False, meta=False)
     return Plan(scored, data.scored_columns, np.arange(data.n_scored), data.scored_columns,
                 np.arange(data.n_scored), pretrain, train_inputs, test_inputs, features)

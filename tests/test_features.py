@@ -1,13 +1,22 @@
 """moa_tune.features: per-fold fitting (no leakage), groups, options, state without pickle."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from conftest import FAST_TRAIN
 from moa_tune import ConfigError
-from moa_tune.features import FeaturePipeline
+from moa_tune.features import GROUPS, PARAMS, FeaturePipeline
 from moa_tune.train import FoldReport, cross_validate
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+#: The per-fold feature options added after PCA; each is off (0) by default.
+NEW_OPTIONS = ("gene_fa", "cell_fa", "gene_umap", "cell_umap", "pair_products")
 
 
 def split(data, folds, k=0):
@@ -88,7 +97,8 @@ def test_state_round_trip_gives_identical_outputs(tiny, tmp_path, scaler: str) -
     inputs = np.random.default_rng(1).random((len(data.train), 5)).astype(np.float32)
     train_rows, valid_rows = list(folds.split())[0]
     pipe = FeaturePipeline({"scaler": scaler, "gene_pca": 7, "cell_pca": 3, "variance_threshold": 0.05,
-                            "inputs_transform": "rankgauss"}).fit(train, inputs[train_rows])
+                            "inputs_transform": "rankgauss", "gene_fa": 4, "cell_fa": 2,
+                            "pair_products": 6}).fit(train, inputs[train_rows])
     expected = pipe.transform(valid, inputs[valid_rows])
     pipe.save(tmp_path / "features")
     again = FeaturePipeline.load(tmp_path / "features")
@@ -96,6 +106,7 @@ def test_state_round_trip_gives_identical_outputs(tiny, tmp_path, scaler: str) -
     with np.load(tmp_path / "features.npz", allow_pickle=False) as archive:
         assert all(archive[k].dtype != object for k in archive.files)
     assert {k: v.tolist() for k, v in again.groups_.items()} == {k: v.tolist() for k, v in pipe.groups_.items()}
+    assert {"gene_fa", "cell_fa", "pairs"} <= set(pipe.groups_)
 
 
 def test_inputs_transforms_and_mismatch(tiny) -> None:
@@ -140,3 +151,192 @@ def test_variance_threshold_spares_previous_stage_inputs(tiny) -> None:
     x = pipe.transform(data.train, inputs)
     np.testing.assert_allclose(x[:, pipe.groups_["inputs"]], np.delete(inputs, 2, axis=1), rtol=1e-6)
     assert len(pipe.groups_["genes"]) == 0  # the threshold still applies to features (RankGauss: variance ~1)
+
+
+# ---- Factor Analysis, correlated-pair products, UMAP
+
+
+def scaled(pipe, features):
+    """The scaled genes and cells of ``features`` as the fitted pipeline sees them."""
+    return (pipe.gene_scaler_.transform(features.genes.astype(np.float64)),
+            pipe.cell_scaler_.transform(features.cells.astype(np.float64)))
+
+
+def test_new_options_are_off_by_default_and_leave_the_other_columns_unchanged(tiny) -> None:
+    data, folds = tiny
+    train, valid = split(data, folds)
+    assert all(PARAMS[name].default == 0 for name in NEW_OPTIONS)
+    base = FeaturePipeline({"gene_pca": 5, "cell_pca": 3}).fit(train)
+    zeros = FeaturePipeline({"gene_pca": 5, "cell_pca": 3, **{name: 0 for name in NEW_OPTIONS}}).fit(train)
+    np.testing.assert_array_equal(zeros.transform(valid), base.transform(valid))
+    arrays, meta = base.state()
+    assert not [k for k in [*arrays, *meta] if k.split(".")[0] in ("gene_fa", "cell_fa", "gene_umap", "cell_umap",
+                                                                   "pairs", "pair_scaler")]
+    # switched on, the options add their own groups (in GROUPS order) and change no other column
+    more = FeaturePipeline({"gene_pca": 5, "cell_pca": 3, "gene_fa": 3, "cell_fa": 2, "pair_products": 4}).fit(train)
+    assert list(more.groups_) == [g for g in GROUPS if g in more.groups_]
+    assert list(more.groups_) == ["genes", "cells", "gene_pca", "cell_pca", "gene_fa", "cell_fa", "pairs", "stats", "meta"]
+    x, x_more = base.transform(valid), more.transform(valid)
+    for name, columns in base.groups_.items():
+        np.testing.assert_array_equal(x_more[:, more.groups_[name]], x[:, columns])
+
+
+def test_a_default_pipeline_does_not_import_umap(tmp_path) -> None:
+    """Importing umap compiles numba code for seconds: only a pipeline that uses UMAP may pay it."""
+    code = ("import sys; from moa_tune.synth import generate; from moa_tune.features import FeaturePipeline; "
+            "d = generate('tiny', 0); p = FeaturePipeline({'gene_fa': 2, 'pair_products': 3}).fit(d.train); "
+            "p.save(sys.argv[1]); FeaturePipeline.load(sys.argv[1]).transform(d.test); "
+            "assert 'umap' not in sys.modules and 'pynndescent' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "features")], check=True, timeout=300)
+
+
+def test_factor_analysis_is_fitted_on_the_training_rows(tiny) -> None:
+    from sklearn.decomposition import FactorAnalysis
+
+    data, folds = tiny
+    train, valid = split(data, folds)
+    pipe = FeaturePipeline({"gene_fa": 5, "cell_fa": 3}).fit(train)
+    x = pipe.transform(valid)
+    assert len(pipe.groups_["gene_fa"]) == 5 and len(pipe.groups_["cell_fa"]) == 3
+    (genes_t, cells_t), (genes_v, cells_v) = scaled(pipe, train), scaled(pipe, valid)
+    expected = FactorAnalysis(5, random_state=0).fit(genes_t).transform(genes_v)
+    np.testing.assert_allclose(x[:, pipe.groups_["gene_fa"]], expected, rtol=1e-5, atol=1e-5)
+    expected = FactorAnalysis(3, random_state=0).fit(cells_t).transform(cells_v)
+    np.testing.assert_allclose(x[:, pipe.groups_["cell_fa"]], expected, rtol=1e-5, atol=1e-5)
+    # capped by the columns (from the column prefixes), like PCA
+    # (widths before the variance threshold, which drops the constant factors beyond the data's rank)
+    capped = FeaturePipeline({"gene_fa": 5000, "cell_fa": 1000, "raw": False, "row_stats": False}).fit(train)
+    widths = dict(zip(capped.block_names_, capped.block_widths_))
+    assert widths["gene_fa"] == train.n_genes and widths["cell_fa"] == train.n_cells
+
+
+def test_pair_products_of_the_most_correlated_training_pairs(tiny) -> None:
+    data, folds = tiny
+    train, valid = split(data, folds)
+    pipe = FeaturePipeline({"pair_products": 6}).fit(train)
+    assert len(pipe.groups_["pairs"]) == 6 and pipe.pairs_.shape == (6, 2)
+    both_t, both_v = np.hstack(scaled(pipe, train)), np.hstack(scaled(pipe, valid))
+    strength = np.abs(np.corrcoef(both_t, rowvar=False))
+    first, second = np.triu_indices(both_t.shape[1], k=1)
+    chosen = {tuple(pair) for pair in pipe.pairs_.tolist()}
+    assert all(i < j for i, j in chosen)
+    others = [strength[i, j] for i, j in zip(first, second) if (i, j) not in chosen]
+    assert min(strength[i, j] for i, j in chosen) >= max(others)
+    # standardised with the training rows' mean and scale, applied to the validation rows
+    products_t = both_t[:, pipe.pairs_[:, 0]] * both_t[:, pipe.pairs_[:, 1]]
+    products_v = both_v[:, pipe.pairs_[:, 0]] * both_v[:, pipe.pairs_[:, 1]]
+    expected = (products_v - products_t.mean(axis=0)) / products_t.std(axis=0)
+    np.testing.assert_allclose(pipe.transform(valid)[:, pipe.groups_["pairs"]], expected, rtol=1e-4, atol=1e-4)
+    n_columns = train.n_genes + train.n_cells
+    huge = FeaturePipeline({"pair_products": 100_000, "raw": False, "row_stats": False, "meta": False}).fit(train)
+    assert len(huge.groups_["pairs"]) == n_columns * (n_columns - 1) // 2
+
+
+def test_pairs_are_chosen_on_the_training_rows_only(tiny) -> None:
+    """Validation rows in which two genes are identical must not make that pair chosen."""
+    data, folds = tiny
+    train, valid = split(data, folds)
+    params = {"pair_products": 3, "scaler": "standard"}  # standard scaling keeps the planted outliers' weight
+    clean = FeaturePipeline(params).fit(train).pairs_
+    spoiled = valid.take(np.arange(len(valid)))
+    spoiled.genes[:, 0] = spoiled.genes[:, 1] = 100.0 * np.random.default_rng(0).standard_normal(len(valid))
+    assert (0, 1) not in {tuple(p) for p in clean.tolist()}
+    # the pipeline never sees validation rows while fitting: transforming them changes nothing it learned
+    pipe = FeaturePipeline(params).fit(train)
+    pipe.transform(spoiled)
+    np.testing.assert_array_equal(pipe.pairs_, clean)
+    # fitted on training + spoiled rows instead, the planted pair is chosen first (so the check can fail)
+    mixed = data.train.take(np.concatenate(list(folds.split())[0]))
+    mixed.genes[len(train):] = spoiled.genes
+    assert tuple(FeaturePipeline(params).fit(mixed).pairs_[0]) == (0, 1)
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("gene_fa", -1, r"an int in \[0, 5000\]"), ("cell_fa", -2, r"an int in \[0, 1000\]"),
+    ("gene_umap", -1, r"an int in \[0, 100\]"), ("cell_umap", 2.5, r"an int in \[0, 100\]"),
+    ("umap_neighbors", 1, r"an int in \[2, 1000\]"), ("pair_products", -3, r"an int in \[0, 100000\]"),
+    ("pair_products", "10", r"an int in \[0, 100000\]"), ("gene_fa", True, r"an int in \[0, 5000\]"),
+])
+def test_bad_new_option_values(name: str, value, allowed: str) -> None:
+    with pytest.raises(ConfigError, match=rf"The 'features.{name}' parameter must be {allowed}. Got {value!r}"):
+        FeaturePipeline({name: value})
+
+
+@pytest.fixture(scope="module")
+def umap_fold(tiny):
+    """One fold with gene and cell UMAPs fitted (UMAP's numba code compiles once per test process)."""
+    data, folds = tiny
+    train, valid = split(data, folds)
+    pipe = FeaturePipeline({"gene_pca": 0, "cell_pca": 0, "gene_umap": 2, "cell_umap": 100,
+                            "umap_neighbors": 10}).fit(train)
+    return train, valid, pipe
+
+
+@pytest.mark.slow  # the first UMAP fit and transform of a process compile umap's numba code
+def test_umap_columns_groups_and_training_rows(umap_fold) -> None:
+    train, valid, pipe = umap_fold
+    assert len(pipe.groups_["gene_umap"]) == 2
+    assert len(pipe.groups_["cell_umap"]) == train.n_cells  # capped by the cells
+    assert list(pipe.groups_) == [g for g in GROUPS if g in pipe.groups_]
+    # fitted on the training rows only, which keep their fitted embedding
+    genes_t, cells_t = scaled(pipe, train)
+    np.testing.assert_array_equal(pipe.gene_umap_._raw_data, genes_t.astype(np.float32))
+    np.testing.assert_array_equal(pipe.cell_umap_._raw_data, cells_t.astype(np.float32))
+    x_train = pipe.transform(train)
+    np.testing.assert_array_equal(x_train[:, pipe.groups_["gene_umap"]], pipe.gene_umap_.embedding_)
+    x = pipe.transform(valid)
+    assert np.isfinite(x).all() and x.shape == (len(valid), pipe.n_features_out_)
+
+
+@pytest.mark.slow  # the first UMAP fit and transform of a process compile umap's numba code
+def test_umap_transform_of_unseen_rows_survives_save_and_load(umap_fold, tmp_path) -> None:
+    import umap
+
+    train, valid, pipe = umap_fold
+    expected = pipe.transform(valid)
+    first_rows = pipe.transform(valid.take(np.arange(40)))  # another batch of unseen rows
+    pipe.save(tmp_path / "features")
+    with np.load(tmp_path / "features.npz", allow_pickle=False) as archive:
+        assert all(archive[k].dtype != object for k in archive.files)
+        # the UMAP state is the training rows and their embedding, nothing of size rows^2 or rows x neighbours
+        umap_bytes = sum(archive[k].nbytes for k in archive.files if k.startswith(("gene_umap.", "cell_umap.")))
+    assert umap_bytes == 4 * len(train) * (train.n_genes + 2 + 2 * train.n_cells)
+    again = FeaturePipeline.load(tmp_path / "features")
+    np.testing.assert_array_equal(again.transform(valid), expected)
+    np.testing.assert_array_equal(again.transform(valid.take(np.arange(40))), first_rows)
+    np.testing.assert_array_equal(again.transform(train), pipe.transform(train))
+    # it is UMAP: the same embedding as umap-learn's own fit, and new rows placed like its own transform
+    # (the distances may differ in the last bit, which moves a few rows: compare the median)
+    genes_t, _ = scaled(pipe, train)
+    genes_v, _ = scaled(pipe, valid)
+    own = umap.UMAP(n_components=2, n_neighbors=10, random_state=0, transform_seed=0, n_jobs=1).fit(genes_t)
+    np.testing.assert_array_equal(own.embedding_, again.gene_umap_.embedding_)
+    difference = np.abs(own.transform(genes_v) - expected[:, pipe.groups_["gene_umap"]]).max(axis=1)
+    assert np.median(difference) < 0.05 * own.embedding_.std()
+
+
+@pytest.mark.parametrize("family", ["mlp", "resnet2head"])
+def test_search_spaces_search_fa_and_pairs_and_keep_umap_off(family: str) -> None:
+    import optuna
+
+    from moa_tune.config import resolve_config
+    from moa_tune.search_space import parse_search_space
+
+    raw = yaml.safe_load((SPACES / f"{family}.yaml").read_text())
+    space = parse_search_space(raw, family)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    samples = []
+    for _ in range(30):
+        trial = study.ask()
+        constants = space(trial)
+        config = space.to_config({**trial.params, **constants})
+        study.tell(trial, 0.0)
+        samples.append(resolve_config(config)["features"])
+    assert all(f["gene_umap"] == 0 and f["cell_umap"] == 0 for f in samples)
+    for name in ("gene_fa", "cell_fa", "pair_products"):
+        assert {f[name] > 0 for f in samples} == {True, False}
+    raw["params"]["search.umap"] = True  # what a user edits to turn UMAP on
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    constants = parse_search_space(raw, family)(trial)
+    features = space.to_config({**trial.params, **constants})["features"]
+    assert 2 <= features["gene_umap"] <= 8 and 2 <= features["cell_umap"] <= 4 and 5 <= features["umap_neighbors"] <= 50

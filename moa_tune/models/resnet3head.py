@@ -10,8 +10,8 @@ head of their own:
 * head A on *all* features, as in ``resnet2head``;
 * head B on ``subset_b`` (default: the raw genes and cells) concatenated with head A's output,
   as in ``resnet2head``;
-* head C on ``subset_c`` (default ``engineered``: gene/cell PCA, row statistics and previous-stage
-  inputs) *concatenated with head B's output*: the same residual shortcut by concatenation one
+* head C on ``subset_c`` (default ``engineered``: gene/cell PCA, Factor Analysis and UMAP
+  columns, correlated-pair products, row statistics and previous-stage inputs) *concatenated with head B's output*: the same residual shortcut by concatenation one
   step further, so head C reads the engineered columns next to the deepest representation (A then
   B) and learns what they add to it, rather than re-learning what B already found;
 * the three heads' ``bottleneck_size``-wide outputs *averaged* (every head keeps a short path to
@@ -57,7 +57,7 @@ SUBSETS: dict[str, tuple[str, ...]] = {
     **TWO_HEAD_SUBSETS,
     "stats": ("stats",),
     "pca_stats": ("gene_pca", "cell_pca", "stats"),
-    "engineered": ("gene_pca", "cell_pca", "stats", "inputs"),
+    "engineered": ("gene_pca", "cell_pca", "gene_fa", "cell_fa", "gene_umap", "cell_umap", "pairs", "stats", "inputs"),
 }
 
 
