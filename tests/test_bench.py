@@ -82,3 +82,16 @@ def test_gpu_packing_skips_without_a_gpu(tmp_path: Path) -> None:
         pytest.skip("a GPU is present: the real benchmark runs instead (bench/gpu_packing.py)")
     report = run_bench("gpu_packing", tmp_path)
     assert "no CUDA GPU" in report["skipped"]
+
+
+def test_techniques_compares_the_same_seeds_with_and_without_each_option(tmp_path: Path) -> None:
+    # umap is left out here only for time (its numba code compiles for a minute); test_collect runs it in a sweep
+    report = run_bench("techniques", tmp_path, "--datasets", "small", "--seeds", "0", "1", "--arms", "fa", "pairs",
+                       "mlsmote")
+    d = report["datasets"]["small"]
+    assert set(d["arms"]) == {"off", "fa", "pairs", "mlsmote 0.3"} and d["rare_labels"] >= 1 and d["one_pass_amount"] > 0
+    off = d["arms"]["off"]
+    for arm in ("fa", "pairs", "mlsmote 0.3"):  # same seeds, other features or rows: other losses, compared pairwise
+        on = d["arms"][arm]
+        assert len(off["losses"]) == len(on["losses"]) == 2 and off["losses"] != on["losses"]
+        assert on["seeds_better"] in (0, 1, 2) and f"{arm} lowers the mean CV loss" in d["claims"]
