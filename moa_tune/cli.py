@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would eat the brackets
 )
-data_app = typer.Typer(help="Read, check, describe and synthesize lish-moa data directories.",
+data_app = typer.Typer(help="Read, check, describe, synthesize and compare (train vs test) lish-moa data directories.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -163,6 +163,81 @@ def data_synth(
     with _working(f"synthesizing '{name}' (seed {seed})"):
         path = write(preset, seed, target, labels=labels, overwrite=force)
     out.print(f"wrote {path}")
+
+
+@data_app.command("adversarial")
+def data_adversarial(
+    directory: Path = typer.Argument(..., help="A lish-moa directory with test features (Kaggle's layout)."),
+    top: int = typer.Option(20, min=1, help="How many of the most shifted columns to list."),
+    folds: Optional[int] = typer.Option(None, help="Cross-validation folds of the classifier [default: 5]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the row sample, blocks, folds and classifier [default: 0]."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Rows sampled from each of train and test; "
+                                           "0: every row [default: 2000]."),
+    blocks: Optional[int] = typer.Option(None, help="Blocks of feature space the folds hold out whole, so that a "
+                                         "drug's replicates are not recognised across folds [default: 50]."),
+    threads: Optional[int] = typer.Option(None, help="Threads of the k-means and the classifier; 0: every core "
+                                          "[default: 1]."),
+    json_file: Optional[Path] = typer.Option(None, "--json", metavar="PATH",
+                                             help="Also write the result (every column ranked) to PATH as JSON."),
+) -> None:
+    """Can a classifier tell DIR's test rows from its train rows? Print its ROC AUC and the most shifted columns."""
+    from .adversarial import adversarial_validation
+    from .io import write_json
+
+    given = {"folds": folds, "seed": seed, "max_rows": max_rows, "blocks": blocks, "threads": threads}
+    params = {k: v for k, v in given.items() if v is not None}
+    data = _load(directory)
+    result = adversarial_validation(data, params, progress=_fold_progress("train vs test classifier"))
+    used = (f"{result.train_rows_used:,} of {result.train_rows:,} train and {result.test_rows_used:,} of "
+            f"{result.test_rows:,} test rows")
+    if result.subsampled:
+        used += f" (sampled: at most {result.params['max_rows']:,} per side; --max-rows 0 uses every row)"
+    finite = [a for a in result.fold_aucs if a == a]
+    spread = f" (folds {min(finite):.3f} to {max(finite):.3f})" if finite else ""
+    out.print(f"adversarial validation of {directory}: {used}", markup=False)
+    out.print(f"control rows: {100 * result.control_fraction['train']:.1f}% of train, "
+              f"{100 * result.control_fraction['test']:.1f}% of test", markup=False)
+    out.print(f"ROC AUC {result.auc:.3f}{spread}: {result.meaning} (0.5: indistinguishable, 1.0: fully separable; "
+              f"{result.params['folds']} folds holding out {result.blocks_used} blocks of feature space)", markup=False)
+    table = Table(title=f"{min(top, len(result.shifts))} most shifted columns (Kolmogorov-Smirnov, train vs test)")
+    for name in ("rank", "column", "KS", "mean shift (train SD)", "SD ratio (test/train)"):
+        table.add_column(name, justify="left" if name == "column" else "right")
+    for rank, shift in enumerate(result.top(top), start=1):
+        table.add_row(str(rank), shift.feature, f"{shift.ks:.3f}", _maybe(shift.mean_shift, "+.2f"),
+                      _maybe(shift.sd_ratio, ".2f"))
+    out.print(table)
+    if json_file is not None:
+        write_json(json_file, result.to_dict())
+        out.print(f"wrote {json_file}", markup=False)
+
+
+def _maybe(value: float, spec: str) -> str:
+    """``value`` formatted, or "-" for NaN (a column constant in train has no SD ratio)."""
+    return "-" if value != value else format(value, spec)
+
+
+def _fold_progress(description: str):
+    """A progress callback over folds: a rich bar on a terminal, one line per fold on stderr otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not err.is_terminal:
+        def plain(event: dict) -> None:
+            if event["event"] == "fold_end":
+                err.print(f"fold {event['fold'] + 1}/{event['n_folds']}: AUC {event['auc']:.3f}", markup=False)
+        return plain
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, transient=True)
+    task = bar.add_task(description, total=None, status="")
+
+    def rich_progress(event: dict) -> None:
+        if event["event"] == "start":
+            bar.update(task, total=event["n_folds"], status=f"{event['rows']:,} rows")
+            bar.start()
+        elif event["event"] == "fold_end":
+            bar.update(task, completed=event["fold"] + 1, status=f"fold AUC {event['auc']:.3f}")
+            if event["fold"] + 1 == event["n_folds"]:
+                bar.stop()
+    return rich_progress
 
 
 @data_app.command("folds")
@@ -465,7 +540,7 @@ def run_cmd(
     _write_submission(submission_frame(ensemble.predict(data.test, "test_features"), sample, sample_name),
                       run_dir / "submission.csv")
     step(5, "report")
-    report = write_report(run_dir)
+    report = write_report(run_dir, data=data)
     n_trials = len(result.trials)
     out.print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {n_trials} trials, blend CV "
               f"{collected.blend.loss:.6f} (cross-fitted {collected.blend.cross_fitted_loss:.6f}); "

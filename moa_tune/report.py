@@ -2,7 +2,10 @@
 
 ``write_report(sweep_dir)`` reads what a sweep and ``moa-tune collect`` leave on disk
 (``trials.csv``, ``sweep.yaml``, ``collect/components.csv``, ``collect/blend.json``,
-``collect/per_target.csv``) and writes ``<sweep_dir>/report.html``.
+``collect/per_target.csv``) and writes ``<sweep_dir>/report.html``. When the data the sweep ran on
+(named in ``sweep.yaml``, or passed in) has a test set, a last section shows the adversarial
+validation of train against test (:mod:`moa_tune.adversarial`): whether the CV losses above can be
+expected to carry over to the test rows.
 
 Why it looks the way it does:
 
@@ -34,11 +37,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, DataWarning, MoaTuneError
 from .io import write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .adversarial import AdversarialResult, FeatureShift
+    from .data import MoaData
 
 __all__ = ["write_report"]
 
@@ -47,6 +53,7 @@ STATE_COLOURS = {"completed": "#1f77b4", "pruned": "#ff7f0e", "errored": "#d6272
 REQUIRED_COLUMNS = ("stage", "family", "trial_id", "state")
 MIN_TRIALS_FOR_IMPORTANCE = 4
 WORST_TARGETS = 15
+SHIFTED_FEATURES = 15
 FOLD_COLUMN = re.compile(r"^fold_(\d+)_loss$")
 PARAM_PREFIX = "param."
 
@@ -81,10 +88,14 @@ NOT_YET = "not available yet: run <code>moa-tune collect {dir}</code>"
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 data: "MoaData | None" = None) -> Path:
     """Write ``report.html`` for ``sweep_dir`` (default ``<sweep_dir>/report.html``); return its path.
 
-    Raises :class:`ConfigError` when ``sweep_dir`` holds no ``trials.csv`` (not a sweep folder).
+    ``data``: the sweep's data when the caller has it in memory (``moa-tune run``); otherwise the
+    data ``sweep.yaml`` names is read (or regenerated, for a synthetic preset) for the adversarial
+    validation section. Raises :class:`ConfigError` when ``sweep_dir`` holds no ``trials.csv``
+    (not a sweep folder).
     """
     folder = Path(sweep_dir)
     trials = _load_trials(folder)
@@ -103,6 +114,7 @@ def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = N
         _components_section(components, blend, components_error or na),
         _weights_section(blend, blend_error or na),
         _per_target_section(per_target, per_target_error or na),
+        _adversarial_section(folder, data),
     ]
     title = f"moa-tune report: {_sweep_name(folder)}"
     page = (
@@ -327,7 +339,8 @@ def _header_section(folder: Path, trials: pd.DataFrame, components: pd.DataFrame
 def _toc() -> list[tuple[str, str]]:
     return [("trials", "Trials"), ("fold-curves", "Fold-loss curves"), ("best-so-far", "Best loss so far"),
             ("importances", "Parameter importances"), ("components", "Components vs blend"),
-            ("weights", "Blend weights"), ("per-target", "Per-target loss")]
+            ("weights", "Blend weights"), ("per-target", "Per-target loss"),
+            ("adversarial", "Adversarial validation")]
 
 
 def _summary_line(blend: Mapping[str, Any] | None) -> str:
@@ -796,6 +809,101 @@ def _plot_per_target(losses: np.ndarray) -> "Figure":
     ax.set_ylabel("targets")
     ax.set_title("per-target loss of the ensemble", fontsize=11)
     ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 9. adversarial validation (train vs test)
+# --------------------------------------------------------------------------------------------
+
+
+def _adversarial_section(folder: Path, data: "MoaData | None") -> str:
+    """The train-vs-test classifier's AUC and the most shifted columns, when the data has a test set.
+
+    Computed here rather than read from a file, because the data is the one input every sweep
+    folder names; default settings keep it to seconds (rows subsampled, a small classifier).
+    """
+    title = "Adversarial validation"
+    if data is None:
+        data, problem = _sweep_data(folder)
+        if data is None:
+            return _section("adversarial", title, _note(problem))
+    if data.test is None:
+        return _section("adversarial", title, _note(
+            f"the data ({_e(data.source or 'in memory')}) has no test set (test_features.csv): there is nothing "
+            "to compare the train rows with"))
+    from .adversarial import adversarial_validation
+
+    try:
+        result = adversarial_validation(data)
+    except MoaTuneError as error:
+        return _section("adversarial", title, _note(f"adversarial validation failed: {_e(error)}"))
+    top = result.top(SHIFTED_FEATURES)
+    image = _img(_plot_shifts(top, result.auc), "most shifted columns between train and test")
+    caption = ("Kolmogorov-Smirnov statistic of each column between the sampled train and test rows "
+               "(0: same distribution, 1: disjoint).")
+    body = [[(_e(s.feature), ""), (_num(s.ks, 3), "num"), (_num(s.mean_shift, 2), "num"), (_num(s.sd_ratio, 2), "num")]
+            for s in top]
+    table = (f"<h3>{len(top)} most shifted columns</h3>"
+             + _table(["column", "KS", "mean shift (train SD)", "SD ratio (test/train)"], body))
+    return _section("adversarial", title, _adversarial_summary(result)
+                    + f'<div class="grid">{_figure_block(image, caption)}<div>{table}</div></div>')
+
+
+def _sweep_data(folder: Path) -> "tuple[MoaData | None, str]":
+    """(the data ``sweep.yaml`` names, or None and why not): a directory, or a synthetic preset and seed."""
+    import yaml
+
+    from .data import load
+    from .synth import generate
+
+    path = folder / "sweep.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError) as error:
+        return None, f"could not read sweep.yaml: {_e(_one_line(error))}"
+    source = spec.get("data") if isinstance(spec, dict) else None
+    if source is None:
+        return None, "sweep.yaml names no data: give the data with <code>moa-tune data adversarial DIR</code>"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)  # the sweep has shown them already
+            if isinstance(source, dict) and "synth" in source:
+                return generate(str(source["synth"]), seed=int(source.get("seed", 0))), ""
+            directory = Path(str(source))
+            return load(directory if directory.is_absolute() else folder / directory), ""
+    except (MoaTuneError, OSError, ValueError, TypeError) as error:
+        return None, f"could not read the sweep's data {_e(source)}: {_e(_one_line(error))}"
+
+
+def _adversarial_summary(result: "AdversarialResult") -> str:
+    folds = [a for a in result.fold_aucs if np.isfinite(a)]
+    spread = f" (folds {min(folds):.3f} to {max(folds):.3f})" if folds else ""
+    rows = (f"{result.train_rows_used:,} of {result.train_rows:,} train rows and {result.test_rows_used:,} of "
+            f"{result.test_rows:,} test rows" + (" (sampled)" if result.subsampled else ""))
+    controls = result.control_fraction
+    return (
+        f'<p class="summary">ROC AUC of a classifier telling test rows from train rows: '
+        f"<b>{result.auc:.3f}</b>{spread} &mdash; {_e(result.meaning)}.</p>"
+        f"<p>0.5: the two sets look alike (CV losses should carry over to the test set); 1.0: fully separable. "
+        f"Gradient boosting on the gene and cell columns, cp_time and cp_dose; {result.params['folds']} folds that "
+        f"hold out whole blocks of feature space ({result.blocks_used} k-means blocks), so that a drug's replicates "
+        f"are not recognised across folds. {rows}; control rows {100 * controls['train']:.1f}% of train, "
+        f"{100 * controls['test']:.1f}% of test. Computed in {result.seconds:.1f} s; "
+        f"<code>moa-tune data adversarial DIR</code> gives every column.</p>"
+    )
+
+
+def _plot_shifts(top: Sequence["FeatureShift"], auc: float) -> "Figure":
+    names = [s.feature for s in top][::-1]
+    fig = _figure(5.2, max(1.6, 0.6 + 0.32 * len(names)))
+    ax = fig.add_subplot()
+    ax.barh(names, [s.ks for s in top][::-1], color="#4c72b0")
+    ax.set_xlabel("Kolmogorov-Smirnov statistic (train vs test)")
+    ax.set_xlim(0, max(1e-9, max(s.ks for s in top)) * 1.1)
+    ax.set_title(f"most shifted columns (adversarial AUC {auc:.3f})", fontsize=11)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

@@ -26,14 +26,21 @@ from moa_tune.stages import Predictions
 
 pytestmark = pytest.mark.slow
 
+TECHNIQUES = {"features.gene_fa": 3, "features.cell_fa": 2, "features.gene_umap": 2, "features.pair_products": 4,
+              "train.mlsmote": 0.2}
 SWEEP = {
     "name": "c",
     "folds": {"n_splits": 3},
     "seeds": [0, 1],
     "asha": {"grace_period": 3},  # no pruning: every family has two completed trials to collect
-    "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64, "mlp": {"model.hidden_size": 32}},
+    # issue 8's techniques ride along: the resnet3head and catboost families, and (on the MLP) Factor
+    # Analysis, UMAP and pair-product features with MLSMOTE, fitted per fold and exported without pickle
+    "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64,
+              "mlp": {"model.hidden_size": 32, **TECHNIQUES},
+              "resnet3head": {"model.hidden_size": 32, "model.bottleneck_size": 16},
+              "catboost": {"model.iterations": 15, "model.depth": 3}},
     "stages": [{"stage": "stage1", "families": ["linear"], "trials": 2},
-               {"stage": "stage2", "families": ["linear", "mlp"], "trials": 2},
+               {"stage": "stage2", "families": ["linear", "mlp", "resnet3head", "catboost"], "trials": 2},
                {"stage": "stage3", "families": ["linear"], "trials": 2}],
     "collect": {"top_k": 2},
 }
@@ -59,11 +66,14 @@ def collected(tmp_path_factory) -> dict:
     return {"root": root, "data_dir": data_dir, "out": results / "c", "stdout": done.stdout, "env": env}
 
 
+STAGE2 = [f"stage2-{family}-r{rank}" for family in ("linear", "mlp", "resnet3head", "catboost") for rank in (1, 2)]
+
+
 def test_collect_retrains_top_k_with_every_seed(collected) -> None:
     out = collected["out"]
     table = pd.read_csv(out / "collect" / "components.csv")
-    assert sorted(table.id) == sorted(["stage1-linear-r1", "stage1-linear-r2", "stage2-linear-r1", "stage2-linear-r2",
-                                       "stage2-mlp-r1", "stage2-mlp-r2", "stage3-linear-r1", "stage3-linear-r2"])
+    assert sorted(table.id) == sorted(["stage1-linear-r1", "stage1-linear-r2", *STAGE2, "stage3-linear-r1",
+                                       "stage3-linear-r2"])
     assert (table.n_seeds == 2).all()
     trials = pd.read_csv(out / "trials.csv")
     data = load(collected["data_dir"])
@@ -93,14 +103,13 @@ def test_stages_chain_on_the_collected_predictions(collected) -> None:
     assert set(stages["stage2"]["inputs"]["weights"]) == {"stage1-linear-r1", "stage1-linear-r2"}
     # stage 3 (inputs: per_family by default) learns from each stage-2 family's seed-averaged mean
     assert stages["stage3"]["inputs"] == {"mode": "per_family", "families": {
-        "linear": ["stage2-linear-r1", "stage2-linear-r2"], "mlp": ["stage2-mlp-r1", "stage2-mlp-r2"]}}
+        family: [f"stage2-{family}-r1", f"stage2-{family}-r2"] for family in ("linear", "mlp", "resnet3head", "catboost")}}
 
 
 def test_blend_figures_are_consistent(collected) -> None:
     out = collected["out"]
     blend = json.loads((out / "collect" / "blend.json").read_text())
-    assert set(blend["components"]) == {"stage2-linear-r1", "stage2-linear-r2", "stage2-mlp-r1", "stage2-mlp-r2",
-                                        "stage3-linear-r1", "stage3-linear-r2"}
+    assert set(blend["components"]) == {*STAGE2, "stage3-linear-r1", "stage3-linear-r2"}
     assert set(blend["methods"]) == {"caruana", "slsqp"} and blend["chosen"] in blend["methods"]
     weights = blend["methods"][blend["chosen"]]["weights"]
     assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
@@ -120,7 +129,8 @@ def test_export_predicts_what_the_collector_predicted(collected) -> None:
     manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
     assert manifest["schema"] == 1 and manifest["moa_tune"] and manifest["torch"]
     assert manifest["targets"]["scored"] and manifest["features"]["gene_columns"]
-    assert all(name.endswith((".safetensors", ".json", ".npz")) for name in manifest["files"])
+    assert all(name.endswith((".safetensors", ".json", ".npz", ".cbm")) for name in manifest["files"])
+    assert any(name.endswith(".cbm") for name in manifest["files"])  # catboost's trees in CatBoost's format
     assert not list((out / "ensemble").rglob("*.pt")) and not list((out / "ensemble").rglob("*.pkl"))
     data = load(collected["data_dir"])
     frame = pd.read_csv(collected["data_dir"] / "test_features.csv")
@@ -133,7 +143,7 @@ def test_export_predicts_what_the_collector_predicted(collected) -> None:
     assert (predicted.iloc[:, 1:].to_numpy()[data.test.is_control] == 0).all()
     # each stage-3 component's test predictions are reproduced too (the chain runs in order)
     parts = ensemble.component_predictions(data.test)
-    for cid in ("stage1-linear-r1", "stage2-mlp-r2", "stage3-linear-r1"):
+    for cid in ("stage1-linear-r1", "stage2-mlp-r2", "stage2-resnet3head-r1", "stage2-catboost-r1", "stage3-linear-r1"):
         np.testing.assert_allclose(parts[cid], Predictions.load(out / "collect" / "components" / cid).test, atol=1e-6)
 
 
@@ -242,13 +252,14 @@ def test_report_cli_covers_the_sweep_and_its_collection(collected, tmp_path: Pat
 
 #: What a sweep, its collection, report and submission may write under results/, each read back
 #: here by a loader that cannot execute code.
-SAFE_SUFFIXES = {".json", ".csv", ".yaml", ".npy", ".npz", ".safetensors", ".html", ".png"}
+SAFE_SUFFIXES = {".json", ".csv", ".yaml", ".npy", ".npz", ".safetensors", ".cbm", ".html", ".png"}
 
 
 def test_nothing_under_results_is_a_pickle_or_executable(collected, capsys) -> None:
     """Everything under results/ loads without pickle and nothing is executable; Tune's pickles live apart."""
     import stat
 
+    from catboost import CatBoost
     from safetensors.numpy import load_file
 
     out = collected["out"]
@@ -271,6 +282,8 @@ def test_nothing_under_results_is_a_pickle_or_executable(collected, capsys) -> N
                     archive[key]
         elif path.suffix == ".safetensors":
             load_file(path)
+        elif path.suffix == ".cbm":  # CatBoost's own model format: its loader parses, never unpickles
+            CatBoost().load_model(str(path), format="cbm")
         elif path.suffix == ".html":
             assert "<script" not in path.read_text().lower(), path
         elif path.suffix == ".json":
