@@ -99,7 +99,24 @@ def _head(n_in: int, widths: list[int], first_dropout: float, params: Mapping[st
     return nn.Sequential(*blocks)
 
 
-class ResNet2HeadNet(MoaModel):
+class _JoinedHeads(MoaModel):
+    """The tail the ResNet families share: heads' outputs averaged or concatenated, a final block, the logits."""
+
+    def _build_tail(self, n_heads: int, n_outputs: int, params: Mapping[str, Any]) -> None:
+        bottleneck = params["bottleneck_size"]
+        self.combine = params["combine"]
+        n_joined = bottleneck if self.combine == "average" else n_heads * bottleneck
+        self.final = Block(n_joined, bottleneck, batch_norm=True, dropout=params["dropout"],
+                           weight_norm=params["weight_norm"], activation=params["activation"])
+        self.out = Block(bottleneck, n_outputs, batch_norm=True, dropout=params["dropout"],
+                         weight_norm=params["weight_norm"], activation=None)
+
+    def _join(self, *heads: torch.Tensor) -> torch.Tensor:
+        joined = sum(heads) / len(heads) if self.combine == "average" else torch.cat(heads, dim=1)
+        return self.out(self.final(joined))
+
+
+class ResNet2HeadNet(_JoinedHeads):
     """Head A on all features, head B on ``[x[:, subset_index], head_a(x)]``, heads joined, final block."""
 
     subset_index: torch.Tensor
@@ -108,22 +125,16 @@ class ResNet2HeadNet(MoaModel):
         super().__init__()
         hidden, bottleneck = params["hidden_size"], params["bottleneck_size"]
         self.register_buffer("subset_index", torch.tensor(subset_index, dtype=torch.long))
-        self.combine = params["combine"]
         self.head_a = _head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
                             params["input_dropout"], params)
         self.head_b = _head(len(subset_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
                             params["subset_dropout"], params)
-        n_joined = bottleneck if self.combine == "average" else 2 * bottleneck
-        self.final = Block(n_joined, bottleneck, batch_norm=True, dropout=params["dropout"],
-                           weight_norm=params["weight_norm"], activation=params["activation"])
-        self.out = Block(bottleneck, n_outputs, batch_norm=True, dropout=params["dropout"],
-                         weight_norm=params["weight_norm"], activation=None)
+        self._build_tail(2, n_outputs, params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.head_a(x)
         b = self.head_b(torch.cat([x.index_select(1, self.subset_index), a], dim=1))
-        joined = (a + b) / 2 if self.combine == "average" else torch.cat([a, b], dim=1)
-        return self.out(self.final(joined))
+        return self._join(a, b)
 
 
 class ResNet2Head(Family):

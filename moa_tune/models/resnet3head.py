@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from ..params import Param
-from ._base import Family, MoaModel
-from .mlp import ACTIVATIONS, MAX_WIDTH, MIN_WIDTH, Block
-from .resnet2head import COMBINES, MAX_BLOCKS, _head, head_widths, subset_columns
+from ._base import Family
+from .mlp import ACTIVATIONS, MAX_WIDTH, MIN_WIDTH
+from .resnet2head import COMBINES, MAX_BLOCKS, _head, _JoinedHeads, head_widths, subset_columns
 from .resnet2head import SUBSETS as TWO_HEAD_SUBSETS
 
 __all__ = ["SUBSETS", "ResNet3Head", "ResNet3HeadNet"]
@@ -68,7 +68,7 @@ def _subset_doc(head: str, reads: str) -> str:
             + f". Missing groups are skipped; if none is present head {head} gets all features.")
 
 
-class ResNet3HeadNet(MoaModel):
+class ResNet3HeadNet(_JoinedHeads):
     """Head A on all features, B on ``[x[:, subset_b], A]``, C on ``[x[:, subset_c], B]``, joined, final block."""
 
     subset_b_index: torch.Tensor
@@ -80,25 +80,19 @@ class ResNet3HeadNet(MoaModel):
         hidden, bottleneck = params["hidden_size"], params["bottleneck_size"]
         self.register_buffer("subset_b_index", torch.tensor(subset_b_index, dtype=torch.long))
         self.register_buffer("subset_c_index", torch.tensor(subset_c_index, dtype=torch.long))
-        self.combine = params["combine"]
         self.head_a = _head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
                             params["input_dropout"], params)
         self.head_b = _head(len(subset_b_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
                             params["subset_b_dropout"], params)
         self.head_c = _head(len(subset_c_index) + bottleneck, head_widths(params["n_blocks_c"], hidden, bottleneck),
                             params["subset_c_dropout"], params)
-        n_joined = bottleneck if self.combine == "average" else 3 * bottleneck
-        self.final = Block(n_joined, bottleneck, batch_norm=True, dropout=params["dropout"],
-                           weight_norm=params["weight_norm"], activation=params["activation"])
-        self.out = Block(bottleneck, n_outputs, batch_norm=True, dropout=params["dropout"],
-                         weight_norm=params["weight_norm"], activation=None)
+        self._build_tail(3, n_outputs, params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.head_a(x)
         b = self.head_b(torch.cat([x.index_select(1, self.subset_b_index), a], dim=1))
         c = self.head_c(torch.cat([x.index_select(1, self.subset_c_index), b], dim=1))
-        joined = (a + b + c) / 3 if self.combine == "average" else torch.cat([a, b, c], dim=1)
-        return self.out(self.final(joined))
+        return self._join(a, b, c)
 
 
 class ResNet3Head(Family):
