@@ -345,11 +345,13 @@ def check_resources(spec: SweepSpec) -> None:
                               f"cluster has {have:g} (lower it, or add nodes with {key}s)")
 
 
-def _trial_rows(grid, stage: str, family: str, n_folds: int) -> list[dict[str, Any]]:
+def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """trials.csv rows; a searched parameter the sweep fixes shows the value the trial trained with."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items() if k != "family"}
+        config.update({k: v for k, v in fixed.items() if k in config})
         done = int(metrics.get("folds_done", 0))
         if result.error is not None:
             state = "errored"
@@ -476,7 +478,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     emit(f"[{label}] {stage_spec.trials} trials, up to {concurrency} at once, "
                          f"{folds.n_splits} folds each, {spec.scheduler.upper()} scheduler")
                 grid = tuner.fit()
-                rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits)
+                rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits, spec.fixed_for(family))
                 all_rows.extend(rows)
                 picked = _best_predictions(grid, rows, folds, data, stage_spec.stage, family)
                 local_dir.mkdir(parents=True, exist_ok=True)

@@ -86,12 +86,11 @@ def test_gpu_packing_skips_without_a_gpu(tmp_path: Path) -> None:
 
 def test_techniques_compares_the_same_seeds_with_and_without_each_option(tmp_path: Path) -> None:
     # umap is left out here only for time (its numba code compiles for a minute); test_collect runs it in a sweep
-    report = run_bench("techniques", tmp_path, "--datasets", "small", "--seeds", "0", "1", "--arms", "fa", "pairs",
-                       "mlsmote")
+    report = run_bench("techniques", tmp_path, "--datasets", "small", "--seeds", "0", "--arms", "fa", "mlsmote")
     d = report["datasets"]["small"]
-    assert set(d["arms"]) == {"off", "fa", "pairs", "mlsmote 0.3"} and d["rare_labels"] >= 1 and d["one_pass_amount"] > 0
+    assert set(d["arms"]) == {"off", "fa", "mlsmote 0.3"} and d["rare_labels"] >= 1 and d["one_pass_amount"] > 0
     off = d["arms"]["off"]
-    for arm in ("fa", "pairs", "mlsmote 0.3"):  # same seeds, other features or rows: other losses, compared pairwise
+    for arm in ("fa", "mlsmote 0.3"):  # the same seed, other features or rows: other losses, compared pairwise
         on = d["arms"][arm]
-        assert len(off["losses"]) == len(on["losses"]) == 2 and off["losses"] != on["losses"]
-        assert on["seeds_better"] in (0, 1, 2) and f"{arm} lowers the mean CV loss" in d["claims"]
+        assert len(off["losses"]) == len(on["losses"]) == 1 and off["losses"] != on["losses"]
+        assert on["seeds_better"] in (0, 1) and f"{arm} lowers the mean CV loss" in d["claims"]

@@ -85,6 +85,18 @@ def test_stage2_receives_the_stage1_predictions(local_ray, tiny, tmp_path: Path)
     assert np.abs(other.oof - stage2.oof).max() > 1e-3
 
 
+def test_umap_features_are_fitted_per_fold_inside_a_sweep(local_ray, tiny, tmp_path: Path) -> None:
+    """UMAP (issue 8) inside a trial: fitted on each fold's training rows, the trial's predictions kept."""
+    data, _ = tiny
+    spec = spec_for([{"stage": "direct", "families": ["mlp"], "trials": 1}], asha={"grace_period": 3},
+                    fixed={**FIXED, "mlp": {"model.hidden_size": 32, "features.gene_umap": 2, "features.cell_umap": 2}})
+    run_sweep(spec, data, tmp_path / "u", emit=lambda line: None)
+    trials = pd.read_csv(tmp_path / "u" / "trials.csv")
+    assert trials.state.tolist() == ["completed"] and trials["param.features.gene_umap"].tolist() == [2]
+    best = Predictions.load(tmp_path / "u" / "direct" / "mlp" / "best")
+    assert best.oof.shape == data.scored.shape and np.isfinite(best.test).all()
+
+
 NODES_SCRIPT = """
 import sys
 from ray.cluster_utils import Cluster
