@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ from .io import write_json, write_text
 from .search_space import SearchSpace
 from .stages import Predictions
 from .sweep_spec import SweepSpec, parse_sweep
-from .train import CVResult, FoldReport, assemble_predictions, cross_validate
+from .train import FoldReport, assemble_predictions, cross_validate
 
 __all__ = ["SweepResult", "experiments_root", "recorded_storage", "run_sweep", "trainable"]
 

@@ -12,7 +12,7 @@ import copy
 import importlib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pytest
@@ -273,19 +273,31 @@ def test_mlp_switches() -> None:
     assert sum(isinstance(m, nn.GELU) for m in bare.modules()) == 2
 
 
-# ---------------------------------------------------------------------------------------------
-# resnet2head
+def captured(model: MoaModel, x: torch.Tensor, names: Sequence[str], *,
+             what: str = "input") -> dict[str, torch.Tensor]:
+    """What the named submodules receive (``what="input"``) or return (``"output"``) in one eval forward.
 
-
-def head_b_input(model: MoaModel, x: torch.Tensor) -> torch.Tensor:
-    """What head B's first block receives, captured with a forward pre-hook."""
-    seen: list[torch.Tensor] = []
-    handle = model.head_b.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    Forward (pre-)hooks read the tensors where they flow, so the tests check the wiring itself
+    rather than re-implementing the forward pass.
+    """
+    seen: dict[str, torch.Tensor] = {}
+    modules = [getattr(model, name) for name in names]
+    if what == "input":
+        handles = [m.register_forward_pre_hook(lambda module, args, name=name: seen.update({name: args[0]}))
+                   for name, m in zip(names, modules)]
+    else:
+        handles = [m.register_forward_hook(lambda module, args, out, name=name: seen.update({name: out}))
+                   for name, m in zip(names, modules)]
     try:
         eval_outputs(model, x)
     finally:
-        handle.remove()
-    return seen[0]
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# resnet2head
 
 
 @pytest.mark.parametrize(("subset", "columns"), [
@@ -300,7 +312,7 @@ def test_resnet2head_head_b_sees_the_subset(subset: str, columns: np.ndarray) ->
     assert first_a.in_features == N_INPUTS
     assert first_b.in_features == len(columns) + bottleneck
     x = inputs()
-    seen = head_b_input(model, x)
+    seen = captured(model, x, ["head_b"])["head_b"]
     assert torch.equal(seen[:, :len(columns)], x[:, columns])
     with torch.no_grad():
         assert torch.equal(seen[:, len(columns):], model.head_a(x))
@@ -308,7 +320,7 @@ def test_resnet2head_head_b_sees_the_subset(subset: str, columns: np.ndarray) ->
     outside = np.setdiff1d(np.arange(N_INPUTS), columns)[0]
     changed = x.clone()
     changed[:, outside] += 10.0
-    assert torch.equal(head_b_input(model, changed)[:, :len(columns)], x[:, columns])
+    assert torch.equal(captured(model, changed, ["head_b"])["head_b"][:, :len(columns)], x[:, columns])
 
 
 def test_resnet2head_widths_and_combine() -> None:
@@ -354,43 +366,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:resnet3head. none of the feature
 #: Feature groups as a pipeline with PCA and row statistics lays them out (37 columns).
 GROUPS_3HEAD = {"genes": np.arange(0, 15), "cells": np.arange(15, 22), "gene_pca": np.arange(22, 25),
                 "cell_pca": np.arange(25, 26), "stats": np.arange(26, 30), "meta": np.arange(30, 37)}
-
-
-def head_inputs(model: MoaModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What each head's first block receives, captured with forward pre-hooks."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = [getattr(model, head).register_forward_pre_hook(
-        lambda module, args, head=head: seen.update({head: args[0]})) for head in ("head_a", "head_b", "head_c")]
-    try:
-        eval_outputs(model, x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
-def head_outputs(model: MoaModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What each head returns, captured with forward hooks."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = [getattr(model, head).register_forward_hook(
-        lambda module, args, out, head=head: seen.update({head: out})) for head in ("head_a", "head_b", "head_c")]
-    try:
-        eval_outputs(model, x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
-def final_input(model: MoaModel, x: torch.Tensor) -> torch.Tensor:
-    """What the final block receives (the joined heads)."""
-    seen: list[torch.Tensor] = []
-    handle = model.final.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    try:
-        eval_outputs(model, x)
-    finally:
-        handle.remove()
-    return seen[0]
+HEADS = ("head_a", "head_b", "head_c")
 
 
 @pytest.mark.parametrize(("subset_b", "subset_c", "columns_b", "columns_c"), [
@@ -408,7 +384,7 @@ def test_resnet3head_heads_see_their_subsets(subset_b: str, subset_c: str, colum
     assert model.head_b[0].linear.in_features == len(columns_b) + 16
     assert model.head_c[0].linear.in_features == len(columns_c) + 16
     x = inputs()
-    seen = head_inputs(model, x)
+    seen = captured(model, x, HEADS)
     torch.testing.assert_close(seen["head_a"], x, rtol=0, atol=0)
     with torch.no_grad():  # B: its columns next to A's output; C: its columns next to B's output
         assert torch.equal(seen["head_b"], torch.cat([x[:, columns_b], model.head_a(x)], dim=1))
@@ -416,7 +392,7 @@ def test_resnet3head_heads_see_their_subsets(subset_b: str, subset_c: str, colum
     # a column outside C's subset reaches head C only through head B's output
     changed = x.clone()
     changed[:, np.setdiff1d(np.arange(N_INPUTS), columns_c)[0]] += 10.0
-    assert torch.equal(head_inputs(model, changed)["head_c"][:, :len(columns_c)], x[:, columns_c])
+    assert torch.equal(captured(model, changed, ["head_c"])["head_c"][:, :len(columns_c)], x[:, columns_c])
 
 
 def test_resnet3head_widths_combine_and_state() -> None:
@@ -426,8 +402,8 @@ def test_resnet3head_widths_combine_and_state() -> None:
     assert [b.linear.out_features for b in model.head_c] == [256]
     assert model.final.linear.in_features == 256
     x = inputs()
-    outputs = head_outputs(model, x)  # 'average': the final block reads the mean of the three heads
-    torch.testing.assert_close(final_input(model, x), (outputs["head_a"] + outputs["head_b"] + outputs["head_c"]) / 3)
+    outputs = captured(model, x, HEADS, what="output")  # 'average': the final block reads the mean of the three heads
+    torch.testing.assert_close(captured(model, x, ["final"])["final"], (outputs["head_a"] + outputs["head_b"] + outputs["head_c"]) / 3)
     concat = build("resnet3head", groups=GROUPS_3HEAD, combine="concat", hidden_size=64, bottleneck_size=32,
                    n_blocks_a=1, n_blocks_b=3, n_blocks_c=4)
     assert [b.linear.out_features for b in concat.head_c] == [64, 64, 32, 32]

@@ -137,6 +137,29 @@ class ResNet2HeadNet(_JoinedHeads):
         return self._join(a, b)
 
 
+# The parameters resnet2head shares with its three-head extension (``resnet3head``): one
+# declaration, so a changed range or default reaches both families.
+HEAD_PARAMS: dict[str, Param] = {
+    "hidden_size": Param("int", 512, "Width of the wide (first half) blocks of each head. 1st place: 512.",
+                         low=MIN_WIDTH, high=MAX_WIDTH),
+    "bottleneck_size": Param("int", 256, "Width of the narrow (second half) blocks of each head, of the "
+                             "heads' outputs and of the final block. 1st place: 256.",
+                             low=MIN_WIDTH, high=MAX_WIDTH),
+    "n_blocks_a": Param("int", 2, "Blocks in head A. 1st place: 2 (512, 256).", low=1, high=MAX_BLOCKS),
+    "n_blocks_b": Param("int", 4, "Blocks in head B. 1st place: 4 (512, 512, 256, 256).",
+                        low=1, high=MAX_BLOCKS),
+    "input_dropout": Param("float", 0.2, "Dropout on head A's input (all features). 1st place: 0.2.",
+                           low=0.0, high=1.0, high_open=True),
+}
+BLOCK_PARAMS: dict[str, Param] = {
+    "dropout": Param("float", 0.0, "Dropout before every other Linear (deeper blocks, final block, output). "
+                     "1st place: none.", low=0.0, high=1.0, high_open=True),
+    "activation": Param("str", "elu", "Activation of every hidden block. 1st place: elu (mixed with relu).",
+                        choices=tuple(ACTIVATIONS)),
+    "weight_norm": Param("bool", False, "Weight-normalise every Linear (the 1st-place Keras model had none)."),
+}
+
+
 class ResNet2Head(Family):
     """The 1st-place two-head network: head B sees a feature subset next to head A's output."""
 
@@ -146,25 +169,12 @@ class ResNet2Head(Family):
                         + "; ".join(f"{k} = {'+'.join(v)}" for k, v in SUBSETS.items())
                         + ". Missing groups are skipped; if none is present head B gets all features.",
                         choices=tuple(SUBSETS)),
-        "hidden_size": Param("int", 512, "Width of the wide (first half) blocks of each head. 1st place: 512.",
-                             low=MIN_WIDTH, high=MAX_WIDTH),
-        "bottleneck_size": Param("int", 256, "Width of the narrow (second half) blocks of each head, of the "
-                                 "heads' outputs and of the final block. 1st place: 256.",
-                                 low=MIN_WIDTH, high=MAX_WIDTH),
-        "n_blocks_a": Param("int", 2, "Blocks in head A. 1st place: 2 (512, 256).", low=1, high=MAX_BLOCKS),
-        "n_blocks_b": Param("int", 4, "Blocks in head B. 1st place: 4 (512, 512, 256, 256).",
-                            low=1, high=MAX_BLOCKS),
-        "input_dropout": Param("float", 0.2, "Dropout on head A's input (all features). 1st place: 0.2.",
-                               low=0.0, high=1.0, high_open=True),
+        **HEAD_PARAMS,
         "subset_dropout": Param("float", 0.3, "Dropout on head B's input (subset + head A's output). 1st place: 0.3.",
                                 low=0.0, high=1.0, high_open=True),
-        "dropout": Param("float", 0.0, "Dropout before every other Linear (deeper blocks, final block, output). "
-                         "1st place: none.", low=0.0, high=1.0, high_open=True),
-        "activation": Param("str", "elu", "Activation of every hidden block. 1st place: elu (mixed with relu).",
-                            choices=tuple(ACTIVATIONS)),
         "combine": Param("str", "average", "How the two heads' outputs are joined: 'average' (1st place, a "
                          "residual path around head B) or 'concat'.", choices=COMBINES),
-        "weight_norm": Param("bool", False, "Weight-normalise every Linear (the 1st-place Keras model had none)."),
+        **BLOCK_PARAMS,
     }
 
     def build(self, n_inputs: int, n_outputs: int, params: Mapping[str, Any],

@@ -46,8 +46,7 @@ import torch
 
 from ..params import Param
 from ._base import Family
-from .mlp import ACTIVATIONS, MAX_WIDTH, MIN_WIDTH
-from .resnet2head import COMBINES, MAX_BLOCKS, _head, _JoinedHeads, head_widths, subset_columns
+from .resnet2head import BLOCK_PARAMS, COMBINES, HEAD_PARAMS, MAX_BLOCKS, _head, _JoinedHeads, head_widths, subset_columns
 from .resnet2head import SUBSETS as TWO_HEAD_SUBSETS
 
 __all__ = ["SUBSETS", "ResNet3Head", "ResNet3HeadNet"]
@@ -102,29 +101,16 @@ class ResNet3Head(Family):
     params = {
         "subset_b": Param("str", "genes_cells", _subset_doc("B", "head A's output"), choices=tuple(SUBSETS)),
         "subset_c": Param("str", "engineered", _subset_doc("C", "head B's output"), choices=tuple(SUBSETS)),
-        "hidden_size": Param("int", 512, "Width of the wide (first half) blocks of each head. 1st place: 512.",
-                             low=MIN_WIDTH, high=MAX_WIDTH),
-        "bottleneck_size": Param("int", 256, "Width of the narrow (second half) blocks of each head, of the "
-                                 "heads' outputs and of the final block. 1st place: 256.",
-                                 low=MIN_WIDTH, high=MAX_WIDTH),
-        "n_blocks_a": Param("int", 2, "Blocks in head A. 1st place: 2 (512, 256).", low=1, high=MAX_BLOCKS),
-        "n_blocks_b": Param("int", 4, "Blocks in head B. 1st place: 4 (512, 512, 256, 256).",
-                            low=1, high=MAX_BLOCKS),
+        **HEAD_PARAMS,
         "n_blocks_c": Param("int", 1, "Blocks in head C (no 1st-place counterpart). 1: one bottleneck-wide "
                             "block mixing its few columns into head B's output.", low=1, high=MAX_BLOCKS),
-        "input_dropout": Param("float", 0.2, "Dropout on head A's input (all features). 1st place: 0.2.",
-                               low=0.0, high=1.0, high_open=True),
         "subset_b_dropout": Param("float", 0.3, "Dropout on head B's input (subset_b + head A's output). "
                                   "1st place: 0.3.", low=0.0, high=1.0, high_open=True),
         "subset_c_dropout": Param("float", 0.3, "Dropout on head C's input (subset_c + head B's output); "
                                   "head B's value by default.", low=0.0, high=1.0, high_open=True),
-        "dropout": Param("float", 0.0, "Dropout before every other Linear (deeper blocks, final block, output). "
-                         "1st place: none.", low=0.0, high=1.0, high_open=True),
-        "activation": Param("str", "elu", "Activation of every hidden block. 1st place: elu (mixed with relu).",
-                            choices=tuple(ACTIVATIONS)),
         "combine": Param("str", "average", "How the three heads' outputs are joined: 'average' (a residual "
                          "path around heads B and C) or 'concat'.", choices=COMBINES),
-        "weight_norm": Param("bool", False, "Weight-normalise every Linear (the 1st-place Keras model had none)."),
+        **BLOCK_PARAMS,
     }
 
     def build(self, n_inputs: int, n_outputs: int, params: Mapping[str, Any],
