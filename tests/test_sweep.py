@@ -111,7 +111,7 @@ try:
     cluster.wait_for_nodes()
     raw = {"name": "n", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3},
            "fixed": {"train.epochs": 2, "train.early_stopping": 0, "train.batch_size": 64},
-           "asha": {"grace_period": 3}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 6}]}
+           "asha": {"grace_period": 3}, "stages": [{"stage": "direct", "families": ["linear"], "trials": 3}]}
     spec = parse_sweep(raw, "<nodes>", SEARCH_SPACES / "sweeps")
     run_sweep(spec, generate("tiny", seed=0), sys.argv[1], address=cluster.address, emit=print)
     from moa_tune.collect import collect
@@ -134,8 +134,8 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = pd.read_csv(tmp_path / "n" / "trials.csv")
-    assert len(trials) == 6 and (trials.state == "completed").all(), trials[["state", "error"]]
-    assert trials.node.nunique() > 1, trials.node
+    assert len(trials) == 3 and (trials.state == "completed").all(), trials[["state", "error"]]
+    assert trials.node.nunique() > 1, trials.node  # three one-CPU nodes, three trials at once
     # the collector's retraining tasks spread over the nodes too
     components = pd.read_csv(tmp_path / "n" / "collect" / "components.csv")
     assert len(components) == 3 and (components.n_seeds == 2).all()
@@ -219,13 +219,13 @@ def test_failing_trials_are_retried_then_recorded_and_the_sweep_goes_on(local_ra
     space.write_text(_yaml.safe_dump({"family": "linear", "params": {
         "train.device": {"type": "categorical", "choices": ["cpu", "cuda"]},
         "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
-    spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 6}], search_spaces={"linear": str(space)},
+    spec = spec_for([{"stage": "direct", "families": ["linear"], "trials": 4}], search_spaces={"linear": str(space)},
                     max_failures=1, asha={"grace_period": 3}, seed=3)
     storage = tmp_path / "shared-storage"
     run_sweep(spec, data, tmp_path / "f", storage=str(storage), emit=lambda line: None)
     trials = pd.read_csv(tmp_path / "f" / "trials.csv")
     errored = trials[trials.state == "errored"]
-    assert len(trials) == 6 and len(errored) >= 1 and (trials.state == "completed").any()
+    assert len(trials) == 4 and len(errored) >= 1 and (trials.state == "completed").any()
     assert errored.error.str.contains("no CUDA device").all()
     for path in errored.path:  # FailureConfig(max_failures=1): each failing trial ran twice before giving up
         assert (Path(path) / "error.txt").read_text().count("Failure #") == 2
