@@ -128,6 +128,12 @@ class AdversarialResult:
     def meaning(self) -> str:
         return auc_meaning(self.auc)
 
+    @property
+    def fold_auc_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) fold AUC; a fold holding rows of one set only has none (NaN) and is skipped."""
+        finite = [a for a in self.fold_aucs if np.isfinite(a)]
+        return (min(finite), max(finite)) if finite else None
+
     def top(self, n: int) -> tuple[FeatureShift, ...]:
         return self.shifts[:n]
 

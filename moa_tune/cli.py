@@ -192,8 +192,8 @@ def data_adversarial(
             f"{result.test_rows:,} test rows")
     if result.subsampled:
         used += f" (sampled: at most {result.params['max_rows']:,} per side; --max-rows 0 uses every row)"
-    finite = [a for a in result.fold_aucs if a == a]
-    spread = f" (folds {min(finite):.3f} to {max(finite):.3f})" if finite else ""
+    span = result.fold_auc_range
+    spread = f" (folds {span[0]:.3f} to {span[1]:.3f})" if span else ""
     out.print(f"adversarial validation of {directory}: {used}", markup=False)
     out.print(f"control rows: {100 * result.control_fraction['train']:.1f}% of train, "
               f"{100 * result.control_fraction['test']:.1f}% of test", markup=False)

@@ -854,8 +854,7 @@ def _sweep_data(folder: Path) -> "tuple[MoaData | None, str]":
     """(the data ``sweep.yaml`` names, or None and why not): a directory, or a synthetic preset and seed."""
     import yaml
 
-    from .data import load
-    from .synth import generate
+    from .sweep_spec import load_data_source
 
     path = folder / "sweep.yaml"
     try:
@@ -868,17 +867,14 @@ def _sweep_data(folder: Path) -> "tuple[MoaData | None, str]":
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)  # the sweep has shown them already
-            if isinstance(source, dict) and "synth" in source:
-                return generate(str(source["synth"]), seed=int(source.get("seed", 0))), ""
-            directory = Path(str(source))
-            return load(directory if directory.is_absolute() else folder / directory), ""
-    except (MoaTuneError, OSError, ValueError, TypeError) as error:
+            return load_data_source(source, folder), ""
+    except (MoaTuneError, OSError, KeyError, ValueError, TypeError) as error:
         return None, f"could not read the sweep's data {_e(source)}: {_e(_one_line(error))}"
 
 
 def _adversarial_summary(result: "AdversarialResult") -> str:
-    folds = [a for a in result.fold_aucs if np.isfinite(a)]
-    spread = f" (folds {min(folds):.3f} to {max(folds):.3f})" if folds else ""
+    span = result.fold_auc_range
+    spread = f" (folds {span[0]:.3f} to {span[1]:.3f})" if span else ""
     rows = (f"{result.train_rows_used:,} of {result.train_rows:,} train rows and {result.test_rows_used:,} of "
             f"{result.test_rows:,} test rows" + (" (sampled)" if result.subsampled else ""))
     controls = result.control_fraction

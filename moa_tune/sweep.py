@@ -517,15 +517,11 @@ def _write_trials(out: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
 def load_sweep_data(spec: SweepSpec, data_dir: str | os.PathLike | None) -> MoaData:
     """The data of a sweep: ``--data DIR`` if given, else what the sweep file names."""
     from .data import load
-    from .synth import generate
+    from .sweep_spec import load_data_source
 
     if data_dir is not None:
         return load(data_dir)
-    if isinstance(spec.data, str):
-        base = Path(spec.source).resolve().parent
-        path = Path(spec.data)
-        return load(path if path.is_absolute() else base / path)
-    return generate(spec.data["synth"], seed=spec.data["seed"])
+    return load_data_source(spec.data, Path(spec.source).resolve().parent)
 
 
 def resume_spec(path: str | os.PathLike) -> SweepSpec:

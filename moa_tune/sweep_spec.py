@@ -31,14 +31,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .config import read_yaml
 from .errors import ConfigError
 from .params import Param, resolve, suggest_name
 from .search_space import SearchSpace, load_search_space
 
-__all__ = ["DEFAULT_SWEEP", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_sweep", "parse_sweep"]
+if TYPE_CHECKING:
+    from .data import MoaData
+
+__all__ = ["DEFAULT_SWEEP", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_data_source", "load_sweep", "parse_sweep"]
 
 #: The repository's search_spaces/ folder (the default place of family spaces and sweep files).
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -274,3 +277,17 @@ def load_sweep(path: str | os.PathLike | None = None) -> SweepSpec:
     """Read and check a sweep file (default: the embedded ``search_spaces/sweeps/default.yaml``)."""
     path = Path(path) if path is not None else DEFAULT_SWEEP
     return parse_sweep(read_yaml(path), str(path), path.resolve().parent)
+
+
+def load_data_source(source: str | Mapping[str, Any], base: Path) -> MoaData:
+    """The data a sweep file's ``data`` names: a directory (relative to ``base``, the sweep file's
+    folder) or ``{synth: PRESET, seed: N}``, regenerated. Shared by the sweep, the collector and the
+    report, which reads a sweep folder's ``sweep.yaml`` without Ray.
+    """
+    from .data import load
+    from .synth import generate
+
+    if isinstance(source, Mapping):
+        return generate(str(source["synth"]), seed=int(source.get("seed", 0)))
+    path = Path(str(source))
+    return load(path if path.is_absolute() else base / path)
