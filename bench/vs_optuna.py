@@ -14,8 +14,9 @@ same wall-clock budget:
 The figure is the best CV loss among trials that trained every fold before the budget ran out
 (lower is better). Target: moa-tune equal or better. The table also shows how each treats pruned
 trials in TPE's history, read from the Optuna study itself: plain Optuna records them as PRUNED
-(TPE ranks them below every complete trial, earlier-pruned ones lower); Ray Tune's OptunaSearch
-tells Optuna an ASHA-stopped trial as COMPLETE with the running loss of the folds it trained.
+(TPE ranks them below every complete trial, earlier-pruned ones lower). Ray Tune's OptunaSearch alone
+would tell Optuna an ASHA-stopped trial as COMPLETE with the running loss of the folds it trained;
+moa-tune's searcher (``moa_tune.sweep.FoldSearch``) tells it as PRUNED, as plain Optuna does.
 
 Usage: python bench/vs_optuna.py [--quick] [--seeds 0 1] [--budget-s S] [--epochs N]
 Writes results/bench/vs_optuna.json and .md (vs_optuna-quick.* with --quick: tiny preset).
@@ -117,7 +118,7 @@ def moa_tune_arm(seed: int, budget: float, preset: str, n_splits: int, fixed: di
     return {"best": float(full.loss.min()) if len(full) else None, "trials": len(trials), "states": states,
             "stopped_early": stopped, "cut_by_budget": cut, "folds_trained": int(trials.folds_done.sum()),
             "wall_s": seconds,
-            "told_as": "COMPLETE with the running loss of its folds"}
+            "told_as": "PRUNED (ranked below every complete trial)"}
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ import pandas as pd
 import ray
 import yaml
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
@@ -153,6 +154,62 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Tune's default repeats the whole config in the name)."""
     return f"trial_{trial.trial_id}"
+
+
+# --------------------------------------------------------------------------------------------
+# the searcher
+
+
+class FoldSearch(OptunaSearch):
+    """Ray Tune's OptunaSearch, telling Optuna every fold's loss and a partial trial as PRUNED.
+
+    OptunaSearch reports a trial's running CV loss to Optuna as an intermediate value (step = folds
+    done), except the result on which the scheduler stops the trial (Tune does not pass that one to
+    the searcher): a trial ASHA stopped after its first fold had no intermediate value at all, and a
+    full one missed its last fold. It then tells every trial that ends with a value as COMPLETE, so
+    a trial stopped after one or two folds (or cut by the time budget) entered TPE's history, and
+    could become the study's ``best_trial``, with a noisy partial loss ranked among full CV means.
+
+    Here the missing steps are reported from the trial's last result (its fold losses), and a trial
+    that did not train every fold is told as PRUNED: Optuna stores its last intermediate value, and
+    TPE ranks it as plain Optuna ranks a pruned trial (below every complete one, earlier-stopped
+    lower). A trial that trained every fold is COMPLETE with its CV loss; one that errored is FAIL.
+    Module-level because Tune pickles the searcher with the experiment state.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if error or not result or ot_trial is None or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        _report_missing_folds(ot_trial, result)
+        if int(result.get("folds_done", 0)) >= int(result.get("n_folds", 0)):
+            super().on_trial_complete(trial_id, result, error)
+            return
+        import optuna
+
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def _report_missing_folds(ot_trial: Any, result: Mapping[str, Any]) -> None:
+    """Report the running CV loss after each fold the Optuna trial has not seen (steps 1..folds done).
+
+    The last step gets the trial's reported loss itself; earlier ones the mean of the fold losses up
+    to them. Steps already reported are left alone (Optuna ignores a repeated step with a warning).
+    """
+    import warnings
+
+    losses = [float(x) for x in str(result.get("fold_losses", "")).split(",") if x]
+    done = int(result.get("folds_done", len(losses)))
+    if not losses or done != len(losses):
+        return
+    running = np.cumsum(losses) / np.arange(1, done + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for step in range(1, done + 1):
+            value = float(result[METRIC]) if step == done and result.get(METRIC) is not None else float(running[step - 1])
+            ot_trial.report(value, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +456,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
     import optuna
 
     from . import __version__
@@ -457,7 +513,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     emit(f"[{label}] resuming {experiment_path}")
                     tuner = tune.Tuner.restore(experiment_path, trainable=run, resume_errored=True)
                 else:
-                    searcher = OptunaSearch(space=space, metric=METRIC, mode=MODE,
+                    searcher = FoldSearch(space=space, metric=METRIC, mode=MODE,
                                             sampler=optuna.samplers.TPESampler(seed=spec.seed),
                                             points_to_evaluate=spec.points_to_evaluate.get(family) or None)
                     scheduler = FIFOScheduler() if spec.scheduler == "fifo" else ASHAScheduler(

@@ -124,3 +124,80 @@ def tiny():
 FAST_TRAIN = {"epochs": 3, "batch_size": 64, "early_stopping": 0}
 #: A small MLP for tests that exercise the machinery rather than the model.
 SMALL_MLP = {"hidden_size": 64}
+
+
+class FrozenRayWorkers:
+    """SIGSTOP every Ray worker process a driver started, until :meth:`thaw` (a context manager).
+
+    Tests that must act *while* a sweep runs (kill its driver mid-sweep, query its dashboard) cannot
+    race the clock: on a fast idle machine a small sweep ends before a poll notices it started. With
+    the workers stopped no trial can report, finish or start a fold, so the sweep stays where it is
+    for as long as the test needs, however fast or loaded the machine. The driver itself (Tune's
+    controller: snapshots, callbacks) and Ray's own services keep running. A background thread
+    stops workers Ray starts afterwards too.
+
+    Workers are found by their process title (``ray::IDLE``, ``ray::ImplicitFunc...``; Ray's agents
+    and services are left alone), among the driver's descendants only (by PID, never by name).
+    """
+
+    def __init__(self, driver_pid: int, poll_s: float = 0.02) -> None:
+        import threading
+
+        self.driver_pid, self.poll_s = driver_pid, poll_s
+        self.stopped: dict[int, "psutil.Process"] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep_stopping, daemon=True)
+
+    def workers(self) -> list:
+        import psutil
+
+        try:
+            descendants = psutil.Process(self.driver_pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        found = []
+        for proc in descendants:
+            try:
+                title = " ".join(proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if title.startswith("ray::") and "Agent" not in title:
+                found.append(proc)
+        return found
+
+    def stop_all(self) -> int:
+        """Stop every worker not yet stopped; how many there are now."""
+        import psutil
+
+        for proc in self.workers():
+            if proc.pid not in self.stopped:
+                try:
+                    proc.suspend()
+                except psutil.NoSuchProcess:
+                    continue
+                self.stopped[proc.pid] = proc
+        return len(self.stopped)
+
+    def _keep_stopping(self) -> None:
+        while not self._done.wait(self.poll_s):
+            self.stop_all()
+
+    def __enter__(self) -> "FrozenRayWorkers":
+        self.stop_all()
+        self._thread.start()
+        return self
+
+    def thaw(self) -> None:
+        """Let the workers go on (SIGCONT); a later SIGKILL works on stopped processes as well."""
+        import psutil
+
+        self._done.set()
+        self._thread.join(timeout=5)
+        for proc in self.stopped.values():
+            try:
+                proc.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.thaw()

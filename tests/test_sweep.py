@@ -144,6 +144,7 @@ def test_trials_spread_over_several_nodes(tmp_path: Path, monkeypatch) -> None:
 
 
 KILL_NODE_SCRIPT = """
+import os
 import sys
 import threading
 import time
@@ -156,6 +157,8 @@ from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
 from moa_tune.synth import generate
 
 out, storage = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, sys.argv[3])  # the tests folder, for conftest's FrozenRayWorkers
+from conftest import FrozenRayWorkers
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 try:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -166,13 +169,24 @@ try:
     spec = parse_sweep(raw, "<kill a node>", SEARCH_SPACES / "sweeps")
     experiment = storage / "k" / "direct" / "linear"
 
+    def running() -> int:
+        """Trials that have checkpointed a fold but not all five (each holds one node's only CPU)."""
+        counts = [len(list(t.glob("checkpoint_*"))) for t in experiment.glob("trial_*")]
+        return sum(1 <= c < 5 for c in counts)
+
     def kill():
-        # as soon as three trials (one per node) have checkpointed their first fold, remove a worker
+        # Remove a worker node while it runs an unfinished trial. Not a race with the clock: Ray's workers
+        # are stopped (SIGSTOP) first, so no trial can finish while the test looks; three unfinished
+        # trials then mean every one-CPU node holds one, worker 0 included.
         deadline = time.time() + 300
-        while time.time() < deadline and len({p.parent for p in experiment.glob("trial_*/checkpoint_*")}) < 3:
-            time.sleep(0.1)
-        cluster.remove_node(workers[0])
-        print("REMOVED", workers[0].node_id, flush=True)
+        while time.time() < deadline:
+            if running() == 3:
+                with FrozenRayWorkers(os.getpid()):
+                    if running() == 3:
+                        cluster.remove_node(workers[0])
+                        print("REMOVED", workers[0].node_id, flush=True)
+                        return
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill, daemon=True)
     killer.start()
@@ -193,7 +207,8 @@ def test_a_worker_node_killed_mid_sweep_loses_no_trial(tmp_path: Path, monkeypat
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    done = subprocess.run([sys.executable, "-c", KILL_NODE_SCRIPT, str(tmp_path / "k"), str(tmp_path / "storage")],
+    done = subprocess.run([sys.executable, "-c", KILL_NODE_SCRIPT, str(tmp_path / "k"), str(tmp_path / "storage"),
+                           str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     removed = done.stdout.split("REMOVED ")[1].split()[0]
