@@ -128,6 +128,18 @@ class SearchSpace:
     def searched(self) -> list[str]:
         return [d.name for d in self.dimensions if d.type != "fixed"]
 
+    def fixing(self, values: Mapping[str, Any]) -> "SearchSpace":
+        """This space with the parameters in ``values`` turned into constants.
+
+        A sweep's fixed value overrides whatever the trial samples, so a searched dimension that the
+        sweep fixes has no effect on the loss: left in the space, TPE would model (and spend its
+        start-up trials on) a dimension that does nothing. Fixed here, Optuna never sees it, the
+        trial's config carries the fixed value, and ``when`` conditions on it still work.
+        """
+        dims = tuple(Dimension(d.name, "fixed", value=values[d.name]) if d.name in values else d
+                     for d in self.dimensions)
+        return SearchSpace(self.family, dims, self.source)
+
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: '{key}': {message}")

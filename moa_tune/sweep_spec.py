@@ -109,9 +109,7 @@ class SweepSpec:
         """The fixed values of ``family``'s trials: the common ones, then the family's own."""
         from .models import FAMILIES
 
-        common = {"train.seed": self.seeds[0]}
-        common.update({k: v for k, v in self.fixed.items() if k not in FAMILIES})
-        return {**common, **dict(self.fixed.get(family) or {})}
+        return {"train.seed": self.seeds[0], **_fixed_of(self.fixed, family, FAMILIES)}
 
     def experiments(self) -> list[tuple[str, str]]:
         """(stage, family) of every experiment, in the order they run."""
@@ -233,7 +231,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
         space = load_search_space(path)
         if space.family != family:
             raise ConfigError(f"{path}: 'family' is '{space.family}' but the sweep uses it for '{family}'")
-        spaces[family] = space
+        spaces[family] = space.fixing(_fixed_of(fixed, family, FAMILIES))
 
     # fixed values must be valid for every family they reach (resolved on the family's defaults)
     for key, value in fixed.items():
@@ -241,8 +239,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
             raise ConfigError(f"{source}: 'fixed.{key}' must map dotted parameter names to values for family '{key}'")
     for family in spaces:
         probe: dict[str, Any] = {"family": family}
-        values = {k: v for k, v in fixed.items() if k not in FAMILIES}
-        values.update(fixed.get(family) or {})
+        values = _fixed_of(fixed, family, FAMILIES)
         try:
             for key, value in values.items():
                 set_path(probe, str(key), value)
@@ -260,6 +257,8 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
         if not isinstance(plist, list):
             raise ConfigError(f"{source}: 'points_to_evaluate.{family}' must be a list of mappings")
         searched = set(spaces[family].searched())
+        fixed_here = _fixed_of(fixed, family, FAMILIES)
+        plist = [{k: v for k, v in p.items() if k not in fixed_here} if isinstance(p, Mapping) else p for p in plist]
         for j, point in enumerate(plist):
             if not isinstance(point, Mapping):
                 raise ConfigError(f"{source}: 'points_to_evaluate.{family}[{j}]' must be a mapping")
@@ -271,6 +270,13 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
 
     return SweepSpec(name, data, folds, seed, seeds, budget, scheduler, asha, resources, max_concurrent, max_failures,
                      dict(fixed), tuple(stages), spaces, checked_points, collect, source, dict(raw))
+
+
+def _fixed_of(fixed: Mapping[str, Any], family: str, families: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep's fixed values that reach ``family``: the common ones, then the family's own."""
+    values = {str(k): v for k, v in fixed.items() if k not in families}
+    values.update(fixed.get(family) or {})
+    return values
 
 
 def load_sweep(path: str | os.PathLike | None = None) -> SweepSpec:

@@ -161,3 +161,24 @@ def test_default_sweep_is_valid_and_starts_from_the_seed_notebook() -> None:
     assert point["features.scaler"] == "rankgauss" and point["model.dropout"] == 0.5
     space = spec.spaces["mlp"]
     resolve_config(space.to_config({**point, "family": "mlp"}))
+
+
+def test_a_parameter_the_sweep_fixes_is_a_constant_not_a_search_dimension() -> None:
+    """Fixed values override what a trial samples: Optuna must not model (or spend trials on) them."""
+    raw = {"name": "fx", "data": {"synth": "tiny", "seed": 0},
+           "fixed": {"train.lr": 0.004, "mlp": {"model.hidden_size": 300, "features.scaler": "standard"}},
+           "stages": [{"stage": "direct", "families": ["mlp", "linear"], "trials": 2}],
+           "points_to_evaluate": {"mlp": [{"model.hidden_size": 1024, "model.dropout": 0.3}]}}
+    spec = parse_sweep(raw, "<fixed>", SEARCH_SPACES / "sweeps")
+    mlp, linear = spec.spaces["mlp"], spec.spaces["linear"]
+    assert not {"train.lr", "model.hidden_size", "features.scaler"} & set(mlp.searched())
+    assert "train.lr" not in linear.searched() and "features.scaler" in linear.searched()  # mlp's own fixes stay its own
+    for flat in sample(mlp, 10):
+        assert flat["train.lr"] == 0.004 and flat["model.hidden_size"] == 300 and flat["features.scaler"] == "standard"
+        assert "features.n_quantiles" not in flat  # conditioned on scaler == rankgauss: never sampled now
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    mlp(trial)
+    assert not {"train.lr", "model.hidden_size"} & set(trial.params)
+    # a starting point's fixed key gives way to the fixed value; the rest of the point stays
+    assert spec.points_to_evaluate["mlp"] == [{"model.dropout": 0.3}]
