@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Read, check, describe, synthesize and compare (train vs test) lish-moa data directories.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+#: When this process started its work (the CLI module is imported first): a job's budget counts from here.
+PROCESS_START = time.time()
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -349,14 +353,20 @@ def sweep(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Resume the interrupted sweep in this folder."),
     results: Path = typer.Option(DEFAULT_RESULTS, "--results", help="Parent folder of sweep folders."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Wall-clock budget of the sweep: 30s, 10m, 2h "
+                                         "[default: the sweep file's budget, else its trial counts]."),
     dashboard_host: str = _dashboard_host_option(),
     force: bool = typer.Option(False, "--force", help="Delete an earlier sweep of the same name first."),
 ) -> None:
     """Tune every family x stage of a sweep file on Ray Tune (OptunaSearch + fold-level ASHA)."""
     from dataclasses import replace
 
+    from .budget import Budget, JobPlan, parse_budget
     from .errors import ConfigError
     from .sweep_spec import load_sweep
+
+    wall_start = PROCESS_START
+    budget_s = parse_budget(budget) if budget is not None else None
 
     if resume is not None:
         if config_file is not None or name is not None:
@@ -380,8 +390,12 @@ def sweep(
     from .sweep import load_sweep_data, run_sweep
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+    budget_s = budget_s if budget_s is not None else spec.budget_s
+    plan = None if budget_s is None else JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
+    if plan is not None:
+        plan.check_feasible(len(spec.stages))
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
-                       num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host)
+                       num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
     out.print(f"{len(result.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for (stage, family), meta in result.best.items():
@@ -485,15 +499,17 @@ def run_cmd(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
     n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Wall-clock budget of the whole job: 30s, 10m, "
+                                         "2h [default: the sweep file's budget; the embedded default's is 10m]."),
     dashboard_host: str = _dashboard_host_option(),
     force: bool = typer.Option(False, "--force", help="Replace an earlier run of the same name."),
 ) -> None:
     """The whole job: sweep every family x stage, collect, blend, export, predict the test set, report."""
-    import time
     from dataclasses import replace
 
     import ray
 
+    from .budget import Budget, JobPlan, format_seconds, parse_budget
     from .collect import collect
     from .errors import ConfigError
     from .predict import Ensemble, submission_frame
@@ -501,10 +517,20 @@ def run_cmd(
     from .sweep import _init_ray, load_sweep_data, run_sweep
     from .sweep_spec import load_sweep
 
-    started = time.perf_counter()
+    started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
+    wall_start = PROCESS_START
+    budget_s = parse_budget(budget) if budget is not None else None
     spec = load_sweep(config_file)
     if name is not None:
         spec = replace(spec, name=name)
+    budget_s = budget_s if budget_s is not None else spec.budget_s
+    plan = None
+    if budget_s is not None:
+        plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(),
+                       top_k=int(top_k if top_k is not None else spec.collect["top_k"]),
+                       n_seeds=int(n_seeds if n_seeds is not None else len(spec.seeds)),
+                       collect_share=float(spec.collect["budget_share"]))
+        plan.check_feasible(len(spec.stages))  # a budget spent before the sweep could start
     run_dir = results / spec.name
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
@@ -526,10 +552,12 @@ def run_cmd(
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
-        result = run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit)
+        result = run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit, plan=plan)
+        sweep_done = time.perf_counter()
         step(3, "collect: retrain the best configurations with several seeds, blend, export")
         collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
-                            data=data, address=address, emit=_emit)
+                            data=data, address=address, emit=_emit, plan=plan)
+        collect_done = time.perf_counter()
     finally:
         if ours:
             ray.shutdown()
@@ -545,6 +573,14 @@ def run_cmd(
     out.print(f"done in {(time.perf_counter() - started) / 60:.1f} min: {n_trials} trials, blend CV "
               f"{collected.blend.loss:.6f} (cross-fitted {collected.blend.cross_fitted_loss:.6f}); "
               f"best single component {collected.blend.best_component[1]:.6f}")
+    finished = time.perf_counter()
+    split = (f"sweep {format_seconds(sweep_done - started)} (with data and Ray start), collect "
+             f"{format_seconds(collect_done - sweep_done)}, predict and report {format_seconds(finished - collect_done)}")
+    if plan is not None:
+        out.print(f"  budget {format_seconds(plan.budget.total_s)}: used {format_seconds(finished - started)}; {split}",
+                  markup=False)
+    else:
+        out.print(f"  time: {split}", markup=False)
     out.print(f"  ensemble:   {collected.export}")
     out.print(f"  submission: {run_dir / 'submission.csv'}")
     out.print(f"  report:     {report}")

@@ -35,6 +35,7 @@ import ray
 import yaml
 
 from .blend import BlendResult, blend
+from .budget import JobPlan, collect_seconds, format_seconds, seeds_that_fit
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .export import write_manifest
@@ -59,6 +60,7 @@ class Candidate:
     trial_id: str
     sweep_loss: float
     config: dict[str, Any]
+    sweep_seconds: float | None = None      # the trial's wall time: what one retraining costs
 
     @property
     def id(self) -> str:
@@ -106,7 +108,9 @@ def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: in
         flat = {key[len("param."):]: value for key, value in row.items() if key.startswith("param.")}
         config = trial_config(flat, spec.fixed_for(family), stage, None)
         config["family"] = family
-        picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config))
+        seconds = row.get("time_s")
+        picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config,
+                                float(seconds) if isinstance(seconds, (int, float)) else None))
     return picked
 
 
@@ -253,10 +257,12 @@ def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaDat
 def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
             data_dir: str | os.PathLike | None = None, data: MoaData | None = None, address: str | None = None,
             num_cpus: int | None = None, emit: Callable[[str], None] = print,
-            dashboard_host: str = DASHBOARD_HOST) -> CollectResult:
+            dashboard_host: str = DASHBOARD_HOST, plan: JobPlan | None = None) -> CollectResult:
     """Retrain, blend and export the best configurations of the sweep in ``sweep_dir``.
 
     The data is ``data`` if given (already loaded), else ``data_dir``, else what the sweep used.
+    With a ``plan`` (a budgeted job) the collector keeps as many of the seeds as fit the time left
+    before the plan's collect deadline, estimated from the sweep trials' own times (at least one).
     """
     sweep_dir = Path(sweep_dir).resolve()
     spec = resume_spec(sweep_dir)
@@ -275,6 +281,15 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     for stage_spec, candidates in plan_by_stage:
         if not candidates:
             raise MoaTuneError(f"{sweep_dir}: stage '{stage_spec.stage}' has no completed trial to collect")
+    if plan is not None:
+        per_stage = {stage_spec.stage: [c.sweep_seconds or 0.0 for c in candidates]
+                     for stage_spec, candidates in plan_by_stage}
+        available = plan.collect_deadline() - time.time()
+        fit = seeds_that_fit(per_stage, len(seeds), plan.slots, available)
+        if fit < len(seeds):
+            emit(f"[collect] {format_seconds(max(0.0, available))} of the budget left for collecting: "
+                 f"{fit} of {len(seeds)} seeds fit (estimated {format_seconds(collect_seconds(per_stage, fit, plan.slots))})")
+        seeds = seeds[:fit]
     n_tasks = sum(len(c) for _, c in plan_by_stage) * len(seeds)
     emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {list(seeds)}: {n_tasks} retrainings "
          f"of {folds.n_splits} folds")

@@ -38,6 +38,7 @@ __all__ = ["TRIAL_STATES", "status_lines", "status_table", "sweep_status"]
 #: Trial states in display order (``running`` only occurs in an experiment in progress).
 TRIAL_STATES = ("completed", "pruned", "errored", "running")
 DEFAULT_TRIALS = 8  # sweep_spec's default trials per stage entry
+BUDGET_KEY = "_budget"  # sweep.py records a budgeted job's budget and start under it
 DEFAULT_FOLDS = 5
 
 
@@ -71,8 +72,9 @@ def _read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
     return dict(raw)
 
 
-def _planned(raw: Mapping[str, Any], source: Path) -> list[tuple[str, str, int]]:
-    """(stage, family, requested trials) in the order the sweep runs them."""
+def _planned(raw: Mapping[str, Any], source: Path) -> list[tuple[str, str, int | None]]:
+    """(stage, family, requested trials) in the order the sweep runs them (None: until the budget is spent)."""
+    budgeted = raw.get(BUDGET_KEY) is not None
     planned = []
     for i, entry in enumerate(raw["stages"]):
         if not isinstance(entry, Mapping) or "stage" not in entry:
@@ -80,9 +82,11 @@ def _planned(raw: Mapping[str, Any], source: Path) -> list[tuple[str, str, int]]
         families = entry.get("families") or []
         if isinstance(families, str):
             families = [families]
-        trials = entry.get("trials", DEFAULT_TRIALS)
+        trials = entry.get("trials")
+        if trials is None and not budgeted:
+            trials = DEFAULT_TRIALS
         try:
-            trials = int(trials)
+            trials = None if trials is None else int(trials)  # None: as many as the budget affords
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: 'stages[{i}].trials' is not a number: {trials!r}") from None
         for family in dict.fromkeys(str(f) for f in families):
@@ -188,7 +192,7 @@ def _experiments_root(sweep_dir: Path, raw: Mapping[str, Any]) -> tuple[str | No
     return recorded, sweep_dir
 
 
-def _experiment(sweep_dir: Path, trials_root: Path, stage: str, family: str, requested: int, n_folds: int,
+def _experiment(sweep_dir: Path, trials_root: Path, stage: str, family: str, requested: int | None, n_folds: int,
                 csv_rows: Mapping[tuple[str, str], list[dict[str, Any]]], now: float) -> dict[str, Any]:
     done_file = sweep_dir / stage / family / "done.json"
     entry: dict[str, Any] = {"stage": stage, "family": family, "requested": requested, "state": "not started",
@@ -221,7 +225,7 @@ def _experiment(sweep_dir: Path, trials_root: Path, stage: str, family: str, req
     elif folder.is_dir():  # in progress (or interrupted)
         trials = folder_trials
         entry["state"] = "running"
-        entry["remaining"] = max(0, requested - len(trials))
+        entry["remaining"] = None if requested is None else max(0, requested - len(trials))
         if end is not None:
             entry["last_update_s_ago"] = max(0.0, now - end)
     else:
@@ -317,15 +321,42 @@ def sweep_status(sweep_dir: str | os.PathLike) -> dict[str, Any]:
             best_by_stage[e["stage"]] = {"family": e["family"], "loss": e["best_loss"], "trial_id": e["best_trial"]}
     totals = {
         "experiments": len(experiments), **{f"experiments_{k.replace(' ', '_')}": v for k, v in by_state.items()},
-        "trials_requested": sum(e["requested"] for e in experiments),
+        "trials_requested": None if any(e["requested"] is None for e in experiments)
+        else sum(e["requested"] for e in experiments),
         "trials_started": sum(e["started"] for e in experiments),
         "trials": trials,
-        "trials_remaining": sum(e["remaining"] for e in experiments),
+        "trials_remaining": None if any(e["remaining"] is None for e in experiments)
+        else sum(e["remaining"] for e in experiments),
         "trial_time_s": float(sum(times)) if times else None,
     }
+    collect = _collect_info(sweep_dir)
     return {"sweep": str(raw.get("name") or sweep_dir.name), "path": str(sweep_dir), "n_folds": n_folds,
             "experiments_root": recorded_root, "state": state, "experiments": experiments, "totals": totals, "best_by_stage": best_by_stage,
-            "collect": _collect_info(sweep_dir)}
+            "collect": collect, "budget": _budget_info(sweep_dir, raw, experiments, state, now)}
+
+
+def _budget_info(sweep_dir: Path, raw: Mapping[str, Any], experiments: list[dict[str, Any]], state: str,
+                 now: float) -> dict[str, Any] | None:
+    """A budgeted job's budget, and what it has spent and has left (None without a budget).
+
+    While the job runs, spent is the time since it started; once it is over (the sweep of a sweep run
+    alone, the report of a whole run), the time it took.
+    """
+    recorded = raw.get(BUDGET_KEY)
+    if not isinstance(recorded, Mapping):
+        return None
+    total, started = _number(recorded.get("total_s")), _number(recorded.get("started"))
+    if total is None or started is None:
+        return None
+    end = None
+    if recorded.get("sweep_only") and state == "finished":
+        end = max((e["finished"] for e in experiments if e["finished"] is not None), default=None)
+    elif (sweep_dir / "report.html").is_file():
+        end = (sweep_dir / "report.html").stat().st_mtime
+    over = end is not None
+    spent = max(0.0, (end if over else now) - started)
+    return {"total_s": total, "spent_s": spent, "left_s": max(0.0, total - spent), "over": over,
+            "covers": "sweep" if recorded.get("sweep_only") else "sweep, collect, export, predict and report"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,8 +394,9 @@ def status_table(summary: Mapping[str, Any]):
     for e in summary["experiments"]:
         counts = e["trials"]
         finished = counts["completed"] + counts["pruned"] + counts["errored"]
-        table.add_row(f"{e['stage']}/{e['family']}", e["state"], f"{finished}/{e['requested']}",
-                      "/".join(str(counts[s]) for s in TRIAL_STATES), str(e["remaining"]),
+        table.add_row(f"{e['stage']}/{e['family']}", e["state"],
+                      f"{finished}/{'budget' if e['requested'] is None else e['requested']}",
+                      "/".join(str(counts[s]) for s in TRIAL_STATES), "-" if e["remaining"] is None else str(e["remaining"]),
                       "-" if e["best_loss"] is None else f"{e['best_loss']:.6f}", _duration(e["trial_time_s"]))
     return table
 
@@ -372,15 +404,22 @@ def status_table(summary: Mapping[str, Any]):
 def status_lines(summary: Mapping[str, Any]) -> list[str]:
     """The overall lines printed under the table (plain text)."""
     t = summary["totals"]
+    requested = ("(as many as the budget affords)" if t["trials_requested"] is None
+                 else f"of {t['trials_requested']} requested ({t['trials_remaining']} not started)")
     lines = [f"{summary['state']}: {t['experiments_done']} of {t['experiments']} experiments done, "
              f"{t['experiments_running']} running, {t['experiments_not_started']} not started; "
-             f"trials: {_trial_counts(t['trials'])} of {t['trials_requested']} requested "
-             f"({t['trials_remaining']} not started); trial time {_duration(t['trial_time_s'])}"]
+             f"trials: {_trial_counts(t['trials'])} {requested}; trial time {_duration(t['trial_time_s'])}"]
+    budget = summary.get("budget")
+    if budget:
+        verb = "took" if budget["over"] else "spent so far"
+        lines.append(f"budget {_duration(budget['total_s'])} ({budget['covers']}): {verb} {_duration(budget['spent_s'])}"
+                     + ("" if budget["over"] else f", {_duration(budget['left_s'])} left"))
     for e in summary["experiments"]:
         if e["state"] == "running":
             lines.append(f"{e['stage']}/{e['family']}: in progress for {_duration(e['wall_s'])}, last report "
                          f"{_duration(e['last_update_s_ago'])} ago; {e['trials']['running']} trial(s) running, "
-                         f"{e['remaining']} of {e['requested']} not started yet")
+                         + ("until its share of the budget is spent" if e["requested"] is None
+                            else f"{e['remaining']} of {e['requested']} not started yet"))
     for stage, best in summary["best_by_stage"].items():
         lines.append(f"best {stage}: {best['family']} {best['loss']:.6f} (trial {best['trial_id']})")
     c = summary["collect"]

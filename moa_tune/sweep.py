@@ -45,6 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .folds import Folds
+from .budget import JobPlan, format_seconds
 from .io import write_json, write_text
 from .search_space import SearchSpace
 from .stages import Predictions
@@ -212,6 +213,61 @@ def _report_missing_folds(ot_trial: Any, result: Mapping[str, Any]) -> None:
             ot_trial.report(value, step)
 
 
+class SliceStopper(tune.Stopper):
+    """Ends an experiment when its share of the job's budget is spent, once a trial trained every fold.
+
+    An experiment whose slice runs out before any trial finished every fold would leave its stage
+    without a best configuration (and the next stage without inputs), so it goes on past its slice
+    until one has, but never past ``hard_s`` (the sweep's own deadline). Trials still running when it
+    stops are cut: they did not train every fold, so they are neither completed nor best (the Optuna
+    study holds them as PRUNED or RUNNING). Module-level because Tune pickles it with the experiment
+    state; the clock is kept as seconds left, counted down between checks, so a resumed experiment
+    goes on with what its slice had left (as Tune's own TimeoutStopper does).
+    """
+
+    def __init__(self, slice_s: float, hard_s: float, n_folds: int) -> None:
+        self.slice_left, self.hard_left, self.n_folds = float(slice_s), float(hard_s), int(n_folds)
+        self.completed = 0
+        self.folds: dict[str, int] = {}
+        self._last = time.monotonic()
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        """Past the slice without a finished trial, only the furthest trial goes on (the rest are cut)."""
+        done = int(result.get("folds_done", 0))
+        self.folds[trial_id] = done
+        if done >= self.n_folds:
+            self.completed += 1
+            return False
+        if self.slice_left > 0 or self.completed:
+            return False
+        leader = max(self.folds, key=lambda t: self.folds[t])
+        return trial_id != leader and self.folds[trial_id] < self.folds[leader]
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        spent, self._last = now - self._last, now
+        self.slice_left -= spent
+        self.hard_left -= spent
+        return self.hard_left <= 0 or (self.slice_left <= 0 and self.completed > 0)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = time.monotonic()
+
+
+def startup_trials(slice_s: float, slots: int, trial_s: float | None) -> int:
+    """TPE's random start-up trials for an experiment: about a quarter of the trials it can afford.
+
+    Optuna's default (10) is right for a long search; an experiment that affords 12 trials would
+    then never use TPE at all. ``trial_s`` is the measured mean time of a trial so far (pruned ones
+    included); before any is measured, 5.
+    """
+    if not trial_s or trial_s <= 0:
+        return 5
+    affordable = slice_s * max(1, slots) / trial_s
+    return int(min(10, max(3, round(affordable / 4))))
+
+
 # --------------------------------------------------------------------------------------------
 # progress
 
@@ -344,6 +400,10 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
 DEFAULT_STORAGE = Path("~/ray_results/moa-tune")
 #: The key of ``sweep.yaml`` that records where the sweep's Tune experiments are.
 STORAGE_KEY = "_storage"
+#: The key of ``sweep.yaml`` that records a budgeted job's budget and start (for ``moa-tune status``).
+BUDGET_KEY = "_budget"
+#: num_samples of an experiment that runs until its slice of the budget is spent.
+UNLIMITED_TRIALS = 100_000
 
 
 def recorded_storage(sweep_dir: str | os.PathLike) -> str | None:
@@ -452,8 +512,14 @@ def _stage_inputs(mode: str, previous: Mapping[str, tuple[Predictions, dict]]) -
 
 def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address: str | None = None,
               storage: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              emit: Callable[[str], None] = print, dashboard_host: str = DASHBOARD_HOST) -> SweepResult:
-    """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``."""
+              emit: Callable[[str], None] = print, dashboard_host: str = DASHBOARD_HOST,
+              plan: JobPlan | None = None) -> SweepResult:
+    """Run (or resume) every experiment of ``spec`` on ``data``; write results under ``out``.
+
+    With a ``plan`` (a budgeted job) each experiment runs for its slice of the budget (see
+    :mod:`moa_tune.budget`), stage entries without ``trials`` as many trials as that affords, and the
+    plan learns every experiment's measured trial times.
+    """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     import optuna
@@ -477,6 +543,9 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if from_disk else spec.data,
                 "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
                 STORAGE_KEY: storage_root}
+    if plan is not None:  # for `moa-tune status`: what the job may spend, and since when
+        recorded[BUDGET_KEY] = {"total_s": plan.budget.total_s, "started": plan.budget.started,
+                                "sweep_only": not plan.collect}
     write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
     emit(f"Ray Tune experiments (trials, checkpoints, TensorBoard events): {storage_root}")
 
@@ -485,6 +554,10 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         check_resources(spec)
         concurrency = _concurrency(spec)
         threads = max(1, int(spec.resources["cpu"]))
+        if plan is not None:
+            plan.slots = concurrency
+        trial_seconds: list[float] = []  # every trial's time so far (sizes TPE's start-up)
+        n_left = len(spec.experiments())
         all_rows: list[dict[str, Any]] = []
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
@@ -495,10 +568,12 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                 label = f"{stage_spec.stage}/{family}"
                 local_dir = out / stage_spec.stage / family
                 best_dir = local_dir / "best"
+                n_left -= 1
                 if resume and (local_dir / DONE_MARKER).exists():
                     emit(f"[{label}] already finished; kept")
                     rows = json.loads((local_dir / DONE_MARKER).read_text())["trials"]
                     all_rows.extend(rows)
+                    _measure(plan, trial_seconds, stage_spec.stage, family, rows)
                     if (best_dir / "predictions.json").exists():
                         meta = json.loads((best_dir / "best.json").read_text())
                         current[family] = (Predictions.load(best_dir), meta)
@@ -513,9 +588,18 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     emit(f"[{label}] resuming {experiment_path}")
                     tuner = tune.Tuner.restore(experiment_path, trainable=run, resume_errored=True)
                 else:
+                    n_trials = spec.trials_of(stage_spec, budgeted=plan is not None)
+                    stopper, slice_s = None, None
+                    if plan is not None:
+                        ahead = spec.experiments()[len(spec.experiments()) - n_left - 1:]  # this one and the rest
+                        plan.check_feasible(len({stage for stage, _ in ahead}))
+                        slice_s = plan.experiment_slice(n_left + 1)
+                        stopper = SliceStopper(slice_s, plan.sweep_deadline() - time.time(), folds.n_splits)
+                    mean_trial = float(np.mean(trial_seconds)) if trial_seconds else None
+                    n_startup = startup_trials(slice_s, concurrency, mean_trial) if slice_s is not None else 10
                     searcher = FoldSearch(space=space, metric=METRIC, mode=MODE,
-                                            sampler=optuna.samplers.TPESampler(seed=spec.seed),
-                                            points_to_evaluate=spec.points_to_evaluate.get(family) or None)
+                                          sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=n_startup),
+                                          points_to_evaluate=spec.points_to_evaluate.get(family) or None)
                     scheduler = FIFOScheduler() if spec.scheduler == "fifo" else ASHAScheduler(
                         time_attr="training_iteration", max_t=folds.n_splits, grace_period=spec.asha["grace_period"],
                         reduction_factor=spec.asha["reduction_factor"])
@@ -523,19 +607,23 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         run,
                         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
                             searcher, max_concurrent=concurrency), scheduler=scheduler,
-                            num_samples=stage_spec.trials, time_budget_s=spec.time_budget_s, reuse_actors=True,
-                            trial_dirname_creator=trial_dirname),
+                            num_samples=n_trials or UNLIMITED_TRIALS, time_budget_s=spec.time_budget_s,
+                            reuse_actors=True, trial_dirname_creator=trial_dirname),
                         run_config=tune.RunConfig(
-                            name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0,
+                            name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0, stop=stopper,
                             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                             callbacks=[TrialLines(label, folds.n_splits, emit)]),
                     )
-                    emit(f"[{label}] {stage_spec.trials} trials, up to {concurrency} at once, "
-                         f"{folds.n_splits} folds each, {spec.scheduler.upper()} scheduler")
+                    how_many = f"{n_trials} trials" if n_trials else "trials"
+                    if slice_s is not None:
+                        how_many += f" for {format_seconds(slice_s)} of the budget"
+                    emit(f"[{label}] {how_many}, up to {concurrency} at once, {folds.n_splits} folds each, "
+                         f"{spec.scheduler.upper()} scheduler, TPE after {n_startup} random trials")
                 grid = tuner.fit()
                 rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits, spec.fixed_for(family))
                 all_rows.extend(rows)
+                _measure(plan, trial_seconds, stage_spec.stage, family, rows)
                 picked = _best_predictions(grid, rows, folds, data, stage_spec.stage, family)
                 local_dir.mkdir(parents=True, exist_ok=True)
                 if picked is not None:
@@ -559,6 +647,23 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     finally:
         if started:
             ray.shutdown()
+
+
+def _measure(plan: JobPlan | None, trial_seconds: list[float], stage: str, family: str,
+             rows: list[dict[str, Any]]) -> None:
+    """Feed an experiment's trial times to the plan (full trials: what a retraining costs) and to TPE sizing."""
+    times = [float(r["time_s"]) for r in rows if _finite(r.get("time_s"))]
+    trial_seconds.extend(times)
+    if plan is not None:
+        plan.record(stage, family, [float(r["time_s"]) for r in rows
+                                    if r.get("state") == "completed" and _finite(r.get("time_s"))])
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _write_trials(out: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -591,6 +696,7 @@ def resume_spec(path: str | os.PathLike) -> SweepSpec:
     raw = read_yaml(recorded)
     raw.pop("_versions", None)
     raw.pop(STORAGE_KEY, None)
+    raw.pop(BUDGET_KEY, None)
     from .sweep_spec import SEARCH_SPACES
 
     return parse_sweep(raw, str(recorded), SEARCH_SPACES / "sweeps")

@@ -9,6 +9,9 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
     seed: 0                                # Optuna's TPE sampler
     seeds: [0, 1, 2]                       # training seeds (the first for trials; all for the collector;
                                            # default 0-4)
+    budget: 10m                            # wall-clock budget of the whole job (sweep, collect, export,
+                                           # predict, report): 30s, 10m, 2h; stages without `trials`
+                                           # then run trials until their share of it is spent
     time_budget_s: null                    # per family x stage experiment
     scheduler: asha                        # asha (fold-level early stopping) or fifo (every trial
                                            # trains every fold)
@@ -19,12 +22,14 @@ without Ray, so a typo fails with the file and key before a cluster is touched::
     fixed: {train.epochs: 15, mlp: {model.hidden_size: 512}}   # values trials get after sampling;
                                            # a family name holds values for that family only
     stages:
+      - {stage: direct, families: [mlp, linear]}   # no trials: as many as the budget affords
       - {stage: stage1, families: [mlp], trials: 8}
       - {stage: stage2, families: [mlp, resnet2head], trials: 8, inputs: best}
       - {stage: stage3, families: [linear], trials: 4, inputs: per_family}
     search_spaces: {}                      # family -> YAML path (default: search_spaces/<family>.yaml)
     points_to_evaluate: {mlp: [{model.hidden_size: 1024, ...}]}   # known-good starting points
-    collect: {top_k: 2}                    # configurations per family x stage the collector keeps
+    collect: {top_k: 2, budget_share: 0.35}  # configurations per family x stage the collector keeps;
+                                           # the most of a budget its retraining may take
 """
 from __future__ import annotations
 
@@ -41,13 +46,13 @@ from .search_space import SearchSpace, load_search_space
 if TYPE_CHECKING:
     from .data import MoaData
 
-__all__ = ["DEFAULT_SWEEP", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_data_source", "load_sweep", "parse_sweep"]
+__all__ = ["DEFAULT_SWEEP", "DEFAULT_TRIALS", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_data_source", "load_sweep", "parse_sweep"]
 
 #: The repository's search_spaces/ folder (the default place of family spaces and sweep files).
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 DEFAULT_SWEEP = SEARCH_SPACES / "sweeps" / "default.yaml"
 
-TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "time_budget_s", "scheduler", "asha", "resources", "max_concurrent",
+TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "budget", "time_budget_s", "scheduler", "asha", "resources", "max_concurrent",
             "max_failures", "fixed", "stages", "search_spaces", "points_to_evaluate", "collect")
 FOLD_PARAMS = {
     "n_splits": Param("int", 5, "Number of folds (ASHA's max_t).", low=2, high=50),
@@ -70,7 +75,11 @@ RESOURCE_PARAMS = {
 }
 COLLECT_PARAMS = {
     "top_k": Param("int", 2, "Configurations per family x stage the collector retrains and blends.", low=1),
+    "budget_share": Param("float", 0.35, "With a budget: the most of it the collector's retraining may take "
+                          "(fewer seeds when they do not fit).", low=0.0, high=1.0, low_open=True, high_open=True),
 }
+#: Trials per stage entry without a budget, when the entry names none.
+DEFAULT_TRIALS = 8
 #: Training seeds when the sweep file names none: the collector's 5-seed average.
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 STAGE_ENTRY_KEYS = ("stage", "families", "trials", "inputs")
@@ -80,7 +89,7 @@ STAGE_ENTRY_KEYS = ("stage", "families", "trials", "inputs")
 class StageSpec:
     stage: str
     families: tuple[str, ...]
-    trials: int
+    trials: int | None  # None: as many as the budget affords (DEFAULT_TRIALS without a budget)
     inputs: str  # "best" (the single best config of the previous stage) | "per_family" (best of each family)
 
 
@@ -91,6 +100,7 @@ class SweepSpec:
     folds: dict[str, Any]
     seed: int
     seeds: tuple[int, ...]
+    budget_s: float | None
     time_budget_s: float | None
     scheduler: str
     asha: dict[str, Any]
@@ -110,6 +120,12 @@ class SweepSpec:
         from .models import FAMILIES
 
         return {"train.seed": self.seeds[0], **_fixed_of(self.fixed, family, FAMILIES)}
+
+    def trials_of(self, stage: StageSpec, budgeted: bool) -> int | None:
+        """Trials of a stage entry: its own count, else unlimited under a budget, else DEFAULT_TRIALS."""
+        if stage.trials is not None:
+            return stage.trials
+        return None if budgeted else DEFAULT_TRIALS
 
     def experiments(self) -> list[tuple[str, str]]:
         """(stage, family) of every experiment, in the order they run."""
@@ -167,6 +183,11 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
     if not isinstance(seeds_raw, list) or not seeds_raw:
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of ints. Got {seeds_raw!r}.")
     seeds = tuple(_int(source, "seeds", s, 0) for s in seeds_raw)
+    job_budget = None
+    if raw.get("budget") is not None:
+        from .budget import parse_budget
+
+        job_budget = parse_budget(raw["budget"], f"{source}: 'budget'")
     budget = raw.get("time_budget_s")
     if budget is not None:
         try:
@@ -209,7 +230,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
             if family not in FAMILIES:
                 raise ConfigError(f"{source}: '{where}.families': unknown model family {family!r}."
                                   f"{suggest_name(str(family), list(FAMILIES))}")
-        trials = _int(source, f"{where}.trials", entry.get("trials", 8), 1)
+        trials = _int(source, f"{where}.trials", entry.get("trials"), 1, nullable=True)
         inputs = entry.get("inputs", "per_family" if stage == "stage3" else "best")
         if inputs not in ("best", "per_family"):
             raise ConfigError(f"{source}: '{where}.inputs' must be 'best' or 'per_family'. Got {inputs!r}.")
@@ -268,7 +289,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
                                       f"{spaces[family].source}.{suggest_name(str(key), sorted(searched))}")
         checked_points[family] = [dict(p) for p in plist]
 
-    return SweepSpec(name, data, folds, seed, seeds, budget, scheduler, asha, resources, max_concurrent, max_failures,
+    return SweepSpec(name, data, folds, seed, seeds, job_budget, budget, scheduler, asha, resources, max_concurrent, max_failures,
                      dict(fixed), tuple(stages), spaces, checked_points, collect, source, dict(raw))
 
 

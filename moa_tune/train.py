@@ -57,6 +57,8 @@ PARAMS: dict[str, Param] = {
     "early_stopping": Param("int", 8, "Stop after this many epochs without a better validation loss (0: never).",
                             low=0, high=1000),
     "grad_clip": Param("float", 1.0, "Clip the gradient norm at this value (0: no clipping).", low=0.0, high=1e6),
+    "prior_bias": Param("bool", True, "Start the output layer's bias at each target's log-odds on the fold's "
+                        "training rows, so an untrained network predicts the prior instead of 0.5."),
     "seed": Param("int", 0, "Seed of initialisation, shuffling and dropout.", low=0, high=2**31 - 1),
     "device": Param("str", "auto", "auto (CUDA when available), cpu or cuda.", choices=("auto", "cpu", "cuda")),
     "amp": Param("bool", True, "Mixed precision on CUDA (ignored on CPU)."),
@@ -150,6 +152,29 @@ def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
     return len(matching)
 
 
+def _start_at_the_prior(net: nn.Module, y_train: np.ndarray, smoothing: float) -> None:
+    """Set the bias of the layer that makes the logits to each target's log-odds on ``y_train``.
+
+    MoA targets are rare (most under 1% positive): a network whose logits start near 0 predicts
+    0.5 everywhere and spends its first epochs (for a short budget, all of them) learning the
+    prior, and a linear stacker with few steps ended worse than the constant prior. Started here,
+    an untrained network *is* the prior and training only adds what the inputs explain. The layer
+    is the last ``nn.Linear`` with one output per target and a bias (a family without one is left
+    as it is).
+    """
+    n_outputs = y_train.shape[1]
+    last = None
+    for module in net.modules():
+        if isinstance(module, nn.Linear) and module.out_features == n_outputs and module.bias is not None:
+            last = module
+    if last is None:
+        return
+    rate = np.asarray(y_train, dtype=np.float64).mean(axis=0) * (1 - smoothing) + smoothing / 2
+    rate = np.clip(rate, 1e-4, 1 - 1e-4)  # a target with no positive in the fold: a small, finite logit
+    with torch.no_grad():
+        last.bias.copy_(torch.as_tensor(np.log(rate / (1 - rate)), dtype=last.bias.dtype))
+
+
 def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping[str, Any],
              x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
              x_test: np.ndarray | None = None, *, groups: Mapping[str, np.ndarray] | None = None,
@@ -172,9 +197,11 @@ def fit_fold(family: str, model_params: Mapping[str, Any], train_params: Mapping
         limit_threads(p["num_threads"])
     torch.manual_seed(seed)
     net = get_family(family).build(x_train.shape[1], y_train.shape[1], model_params, groups or {}).to(device)
+    smoothing = p["label_smoothing"]
+    if p["prior_bias"]:
+        _start_at_the_prior(net, y_train, smoothing)
     if init_state is not None:
         _load_matching(net, init_state)
-    smoothing = p["label_smoothing"]
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y_train, dtype=torch.float32, device=device) * (1 - smoothing) + smoothing / 2
     n = len(xt)

@@ -155,8 +155,13 @@ def test_bad_sweep_file(case: str, tmp_path: Path, capsys) -> None:
 
 def test_default_sweep_is_valid_and_starts_from_the_seed_notebook() -> None:
     spec = load_sweep()
-    assert [s.stage for s in spec.stages] == ["stage1", "stage2", "stage3"]
-    assert spec.stages[1].families == ("mlp", "resnet2head", "tabnet", "linear")  # every family at stage 2
+    # the direct scheme competes with the 3-stage one, within a 10-minute budget for the whole job
+    assert [s.stage for s in spec.stages] == ["direct", "stage1", "stage2", "stage3"]
+    assert spec.budget_s == 600 and all(s.trials is None for s in spec.stages)  # trials: what the budget affords
+    # epochs, width, depth and the learning-rate schedule are searched, not fixed
+    assert not spec.fixed
+    for name in ("train.epochs", "model.hidden_size", "model.n_layers", "train.pct_start", "train.div_factor"):
+        assert name in spec.spaces["mlp"].searched()
     point = spec.points_to_evaluate["mlp"][0]
     assert point["features.scaler"] == "rankgauss" and point["model.dropout"] == 0.5
     space = spec.spaces["mlp"]

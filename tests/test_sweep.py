@@ -170,7 +170,7 @@ try:
     experiment = storage / "k" / "direct" / "linear"
 
     def running() -> int:
-        """Trials that have checkpointed a fold but not all five (each holds one node's only CPU)."""
+        # trials that have checkpointed a fold but not all five (each holds one node's only CPU)
         counts = [len(list(t.glob("checkpoint_*"))) for t in experiment.glob("trial_*")]
         return sum(1 <= c < 5 for c in counts)
 

@@ -1,0 +1,226 @@
+"""The job's time budget: parsing it, and planning how to spend it from measured trial times.
+
+Users think in wall-clock time ("I have 10 minutes"), not in trial counts, and a trial count
+that fits one dataset and cluster is wrong for the next. So ``moa-tune run --budget 10m`` covers
+the whole job (sweep, collect, export, predict, report) and the job plans as it goes:
+
+- the *tail* (export, prediction, report, and the collector's own overhead of starting tasks and
+  blending) gets a small reserve: 5% of the budget, at least 15 s;
+- the *collector* gets what retraining the best configurations with its seeds will take,
+  estimated from the times of the sweep's own trials (a retraining is one trial's work), capped
+  at ``collect_share`` of the budget; when even one seed per component would not fit the cap, it
+  still gets one seed: a run without an ensemble is worth nothing;
+- the *sweep* gets the rest. Its experiments (family x stage) run one after the other; each gets
+  an equal share of the sweep time left when it starts, so time an early experiment does not use
+  (it ran out of trials) goes to the later ones, and the estimate of the collector's reserve is
+  refreshed from every experiment's measured trial times.
+
+Everything here is arithmetic on measured seconds: no Ray, no torch. The sweep layer turns a
+slice into a Ray Tune stopper; the collector turns its share into a number of seeds.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from .errors import ConfigError
+
+__all__ = ["Budget", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|hr|h|min|m|sec|s)", re.IGNORECASE)
+
+
+def parse_budget(value: object, where: str = "--budget") -> float:
+    """Seconds from ``10m``, ``30s``, ``2h``, ``1h30m``, ``90`` (seconds) or a number; ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: a budget is a duration such as 30s, 10m or 2h. Got {value!r}.")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if re.fullmatch(r"[+-]?\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        else:
+            sign = -1.0 if text.startswith("-") else 1.0
+            body = text.lstrip("+-").replace(" ", "")
+            parts = _PART.findall(body)
+            if not parts or "".join(f"{n}{u}" for n, u in parts) != body:
+                raise ConfigError(f"{where}: a budget is a duration such as 30s, 10m, 2h or 1h30m. Got {value!r}.")
+            seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise ConfigError(f"{where}: a budget is a duration such as 30s, 10m or 2h. Got {value!r}.")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{where}: the budget must be a positive duration (30s, 10m, 2h). Got {value!r}.")
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``6.5 min`` or ``2.1 h``: how a person reads a duration."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Budget:
+    """A wall-clock budget that started at ``started`` (``time.time()``: it is recorded and resumed)."""
+
+    total_s: float
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.started
+
+    def left(self, now: float | None = None) -> float:
+        return self.total_s - self.elapsed(now)
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.total_s
+
+
+def seeds_that_fit(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int, available_s: float) -> int:
+    """How many seeds (1..n_seeds) the collector can retrain its components with in ``available_s``.
+
+    ``trial_seconds``: per collector stage, the measured full-CV time of each component (its sweep
+    trial's time). Stages run one after the other; within a stage the (component, seed) tasks share
+    ``slots`` at once, so a stage takes about its total work / slots, and at least its longest task.
+    """
+    for k in range(n_seeds, 0, -1):
+        if collect_seconds(trial_seconds, k, slots) <= available_s:
+            return k
+    return 1
+
+
+def collect_seconds(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int) -> float:
+    """Estimated wall time of retraining every component with ``n_seeds`` seeds (see :func:`seeds_that_fit`)."""
+    total = 0.0
+    for times in trial_seconds.values():
+        if not times:
+            continue
+        tasks = [t for t in times for _ in range(n_seeds)]
+        total += max(sum(tasks) / max(1, slots), max(tasks))
+    return total
+
+
+@dataclass
+class JobPlan:
+    """How a budgeted job spends its time, refreshed from measured trial times as the sweep runs.
+
+    ``experiments``: (stage, family) in the order they run; ``collect_stages``: the stages whose
+    components the collector retrains (in order), each with its families; ``top_k`` components per
+    family x stage, ``n_seeds`` seeds wanted, ``slots`` trials (or tasks) at once.
+    ``collect_share``: the most of the budget the collector may take; ``tail_share``: the reserve of
+    the export, prediction and report (both fractions of the budget). With ``collect=False`` (a
+    sweep run on its own) the sweep gets everything.
+    """
+
+    budget: Budget
+    experiments: Sequence[tuple[str, str]]
+    top_k: int = 1
+    n_seeds: int = 3
+    slots: int = 1
+    collect: bool = True
+    collect_share: float = 0.35
+    tail_share: float = 0.05
+    tail_min_s: float = 15.0
+    #: (stage, family) -> full-CV seconds of its completed trials, as measured
+    measured: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def record(self, stage: str, family: str, full_trial_seconds: Sequence[float]) -> None:
+        """The times of an experiment's trials that trained every fold (what a retraining costs)."""
+        self.measured[(stage, family)] = sorted(float(t) for t in full_trial_seconds if t and t > 0)
+
+    @property
+    def tail_s(self) -> float:
+        if not self.collect:
+            return 0.0
+        return max(self.tail_min_s, self.tail_share * self.budget.total_s)
+
+    def _component_seconds(self) -> dict[str, list[float]]:
+        """Per stage: the estimated full-CV time of each component the collector will retrain.
+
+        Stage-1 components count too (they are retrained to feed stage 2). Which trials will be the
+        best is not known yet, so each of an experiment's ``top_k`` components is costed at the
+        median time of its measured full trials; an experiment not measured yet at the median of
+        every measured time so far.
+        """
+        every = sorted(t for times in self.measured.values() for t in times)
+        fallback = every[len(every) // 2] if every else None
+        per_stage: dict[str, list[float]] = {}
+        for stage, family in self.experiments:
+            times = self.measured.get((stage, family))
+            typical = times[len(times) // 2] if times else fallback
+            if typical is None:
+                continue
+            per_stage.setdefault(stage, []).extend([typical] * self.top_k)
+        return per_stage
+
+    def collect_cap_s(self) -> float:
+        return self.collect_share * self.budget.total_s if self.collect else 0.0
+
+    def collect_reserve_s(self) -> float:
+        """Seconds kept for the collector: its estimated time with as many seeds as fit the cap."""
+        if not self.collect:
+            return 0.0
+        per_stage = self._component_seconds()
+        if not per_stage:  # nothing measured yet: keep the whole cap
+            return self.collect_cap_s()
+        k = seeds_that_fit(per_stage, self.n_seeds, self.slots, self.collect_cap_s())
+        return collect_seconds(per_stage, k, self.slots)  # one seed even when that is over the cap
+
+    def sweep_deadline(self) -> float:
+        """Wall-clock time (``time.time()``) by which the sweep must end."""
+        return self.budget.deadline - self.tail_s - self.collect_reserve_s()
+
+    def experiment_slice(self, remaining_experiments: int, now: float | None = None) -> float:
+        """Seconds the next experiment may run: an equal share of the sweep time left."""
+        now = time.time() if now is None else now
+        return max(0.0, (self.sweep_deadline() - now) / max(1, remaining_experiments))
+
+    def collect_deadline(self) -> float:
+        return self.budget.deadline - self.tail_s
+
+    def fastest_full_trial(self) -> float | None:
+        every = [t for times in self.measured.values() for t in times]
+        return min(every) if every else None
+
+    def check_feasible(self, stages_left: int, now: float | None = None) -> None:
+        """Refuse, in one line, a budget that cannot give each stage left one trial of every fold.
+
+        Judged on what is measured: the sweep's time left against the fastest full trial so far
+        (before any is measured, only a sweep time already spent is refused). A stage without a
+        trial that trained every fold leaves the next stage without inputs and the blend without a
+        component, so going on would only spend the rest of the budget on a run that cannot end well.
+        """
+        now = time.time() if now is None else now
+        left = self.sweep_deadline() - now
+        fastest = self.fastest_full_trial()
+        need = stages_left * fastest if fastest is not None else 0.0
+        if left > need and left > 0:
+            return
+        reserve = self.tail_s + self.collect_reserve_s()
+        spent = now - self.budget.started
+        floor = spent + max(need, 0.0) + reserve
+        if fastest is None:  # nothing measured: starting Ray and one trial per stage take a minute or more
+            floor = max(floor, 60.0)
+        why = (f"a trial that trains every fold took {fastest:.0f} s here and the {stages_left} stage(s) left need "
+               f"one each" if fastest is not None else "the sweep's share is spent before its first trial")
+        raise ConfigError(f"--budget {format_seconds(self.budget.total_s)} is too small for this sweep: {why} "
+                          f"({format_seconds(spent)} spent, {format_seconds(reserve)} kept for collecting and the "
+                          f"report); give at least --budget {_round_up(floor * 1.5)}")
+
+
+def _round_up(seconds: float) -> str:
+    """A budget to suggest, in the unit a person would type."""
+    if seconds <= 120:
+        return f"{math.ceil(seconds / 10) * 10:.0f}s"
+    if seconds <= 7200:
+        return f"{math.ceil(seconds / 60):.0f}m"
+    return f"{math.ceil(seconds / 3600):.0f}h"
