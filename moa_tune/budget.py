@@ -28,7 +28,11 @@ from typing import Mapping, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["Budget", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
+__all__ = ["Budget", "BudgetError", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
+
+
+class BudgetError(ConfigError):
+    """The budget cannot pay for one trial of every stage (the job stops and removes what it began)."""
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|hr|h|min|m|sec|s)", re.IGNORECASE)
@@ -212,7 +216,7 @@ class JobPlan:
             floor = max(floor, 60.0)
         why = (f"a trial that trains every fold took {fastest:.0f} s here and the {stages_left} stage(s) left need "
                f"one each" if fastest is not None else "the sweep's share is spent before its first trial")
-        raise ConfigError(f"--budget {format_seconds(self.budget.total_s)} is too small for this sweep: {why} "
+        raise BudgetError(f"--budget {format_seconds(self.budget.total_s)} is too small for this sweep: {why} "
                           f"({format_seconds(spent)} spent, {format_seconds(reserve)} kept for collecting and the "
                           f"report); give at least --budget {_round_up(floor * 1.5)}")
 

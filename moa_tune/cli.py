@@ -408,7 +408,8 @@ def collect_cmd(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (results/<sweep-name>)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage "
                                         "[default: the sweep file's collect.top_k, else 2]."),
-    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration, 0..N-1 "
+    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration, 0..N-1, the "
+                                          "sweep's own training seed swapped for N (it would repeat the sweep's trials) "
                                           "[default: the sweep file's seeds, else 5]."),
     data_dir: Optional[Path] = typer.Option(None, "--data", help="A lish-moa directory [default: the sweep's data]."),
     address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster [default: RAY_ADDRESS, "
@@ -498,7 +499,8 @@ def run_cmd(
                                           "shared path; needed on clusters of several machines) [default: ~/ray_results/moa-tune/<name>-<hash>]."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of a local Ray [default: all]."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Configurations per family x stage to blend."),
-    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1)."),
+    n_seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per configuration (0..N-1, "
+                                          "the sweep's own training seed swapped for N)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall-clock budget of the whole job: 30s, 10m, "
                                          "2h [default: the sweep file's budget; the embedded default's is 10m]."),
     dashboard_host: str = _dashboard_host_option(),
@@ -514,7 +516,7 @@ def run_cmd(
     from .errors import ConfigError
     from .predict import Ensemble, submission_frame
     from .report import write_report
-    from .sweep import _init_ray, load_sweep_data, run_sweep
+    from .sweep import _init_ray, load_sweep_data
     from .sweep_spec import load_sweep
 
     started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
@@ -552,7 +554,7 @@ def run_cmd(
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
-        result = run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit, plan=plan)
+        result = _budgeted_sweep(spec, data, run_dir, address, storage, plan)
         sweep_done = time.perf_counter()
         step(3, "collect: retrain the best configurations with several seeds, blend, export")
         collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
@@ -584,6 +586,20 @@ def run_cmd(
     out.print(f"  ensemble:   {collected.export}")
     out.print(f"  submission: {run_dir / 'submission.csv'}")
     out.print(f"  report:     {report}")
+
+
+def _budgeted_sweep(spec, data, run_dir: Path, address: Optional[str], storage: Optional[str], plan):  # noqa: ANN001, ANN202
+    """The run's sweep; a budget found too small for it leaves nothing behind (the run folder is removed)."""
+    import shutil
+
+    from .budget import BudgetError
+    from .sweep import run_sweep
+
+    try:
+        return run_sweep(spec, data, run_dir, address=address, storage=storage, emit=_emit, plan=plan)
+    except BudgetError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 @app.command("status")

@@ -3,7 +3,8 @@
 ``collect(sweep_dir)`` turns a finished sweep into what its user takes home:
 
 1. per stage (in the sweep's order) and family, the ``top_k`` completed trials (lowest CV loss)
-   become *components*; each is retrained on every fold with each of the sweep's ``seeds`` as one
+   become *components*; each is retrained on every fold with each of the sweep's ``seeds`` (the one
+   the sweep's trials trained with swapped for a fresh one: :func:`fresh_seeds`) as one
    Ray task (``num_cpus``/``num_gpus`` as the sweep's trials), so the work spreads over the cluster;
 2. a component's predictions are the mean over its seeds (out-of-fold on train, fold-averaged on
    test); the next stage's inputs are this stage's components combined as the sweep said
@@ -47,7 +48,7 @@ from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
 from .sweep import DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, resume_spec, trial_config
 from .sweep_spec import SweepSpec
 
-__all__ = ["Candidate", "CollectResult", "Component", "collect", "top_configs"]
+__all__ = ["Candidate", "CollectResult", "Component", "collect", "fresh_seeds", "top_configs"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,19 @@ def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: in
         picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config,
                                 float(seconds) if isinstance(seconds, (int, float)) else None))
     return picked
+
+
+def fresh_seeds(seeds: Sequence[int], trained: int) -> tuple[int, ...]:
+    """``seeds`` with the seed the sweep's trials trained with replaced by the next unused one.
+
+    A candidate retrained with the sweep's own seed, on the same folds and (for a stage without
+    inputs) the same data, repeats its sweep trial exactly: the time buys nothing. With another
+    seed the same time buys one more member of the seed average.
+    """
+    if trained not in seeds:
+        return tuple(seeds)
+    replacement = max(max(seeds), trained) + 1
+    return tuple(replacement if s == trained else s for s in seeds)
 
 
 def retrain(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
@@ -270,6 +284,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     seeds = tuple(int(s) for s in (seeds if seeds is not None else spec.seeds))
     if k < 1 or not seeds:
         raise ConfigError("collect needs top_k >= 1 and at least one seed")
+    seeds = fresh_seeds(seeds, spec.seeds[0])
     data = data if data is not None else load_sweep_data(spec, data_dir)
     folds_path = sweep_dir / "folds.npz"
     if not folds_path.is_file():

@@ -94,3 +94,15 @@ def test_techniques_compares_the_same_seeds_with_and_without_each_option(tmp_pat
         on = d["arms"][arm]
         assert len(off["losses"]) == len(on["losses"]) == 1 and off["losses"] != on["losses"]
         assert on["seeds_better"] in (0, 1) and f"{arm} lowers the mean CV loss" in d["claims"]
+
+
+def test_main_job_scores_both_arms_on_held_out_drugs(tmp_path: Path) -> None:
+    """bench/main_job.py: moa-tune's main job and the independent plain-Optuna script, same budget,
+    both scored on drugs held out with their labels (figures: the README; here, that it all runs)."""
+    report = run_bench("main_job", tmp_path, "--seeds", "0")
+    arms = report["results"]["0"]
+    assert set(arms) == {"moa-tune", "plain-optuna"}
+    for arm in arms.values():
+        assert 0 < arm["held_out"] < 1 and arm["wall_s"] > 0
+    assert arms["moa-tune"]["split"].startswith("budget 90 s: used"), arms["moa-tune"]["split"]
+    assert report["verdict"]["0"]["ratio"] > 0

@@ -60,3 +60,24 @@ def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest
     assert plan.collect_reserve_s() == pytest.approx(3 * 200.0)  # one seed each (the minimum), over the cap
     sweep_only = JobPlan(budget, [("direct", "mlp")], collect=False)
     assert sweep_only.sweep_deadline() == budget.deadline and sweep_only.tail_s == 0
+
+
+def test_the_collector_never_repeats_the_sweep_trials_seed() -> None:
+    from moa_tune.collect import fresh_seeds
+
+    assert fresh_seeds((0, 1, 2), trained=0) == (3, 1, 2)
+    assert fresh_seeds((1, 2), trained=0) == (1, 2)
+    assert fresh_seeds((5,), trained=5) == (6,)
+
+
+def test_a_budget_too_small_for_one_trial_per_stage_is_refused_with_what_it_would_need() -> None:
+    from moa_tune.budget import BudgetError
+
+    plan = JobPlan(Budget(300.0, started=1000.0), [("stage1", "mlp"), ("stage2", "mlp"), ("stage3", "linear")],
+                   n_seeds=1, slots=2)
+    plan.record("stage1", "mlp", [30.0])
+    # kept: 15 s tail + 3 stages x one 30 s retraining = 105 s; the sweep must end by 1195
+    assert plan.sweep_deadline() == pytest.approx(1195.0)
+    plan.check_feasible(2, now=1100.0)  # 95 s left: two stages of one 30 s trial fit
+    with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 stage.*give at least --budget 8m"):
+        plan.check_feasible(2, now=1150.0)  # 45 s left

@@ -51,3 +51,51 @@ def test_run_does_the_whole_job(tmp_path: Path) -> None:
     # a second run of the same name does not overwrite the first without --force
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+BUDGETED = {
+    "name": "budgeted", "data": {"synth": "tiny", "seed": 1}, "folds": {"n_splits": 3}, "seeds": [0, 1],
+    "budget": "100s",
+    "fixed": {"train.epochs": 3, "train.early_stopping": 0, "train.batch_size": 64,
+              "mlp": {"model.hidden_size": 64, "model.n_layers": 1}},
+    "stages": [{"stage": "direct", "families": ["mlp", "linear"]},
+               {"stage": "stage1", "families": ["linear"]},
+               {"stage": "stage2", "families": ["mlp"]},
+               {"stage": "stage3", "families": ["linear"]}],
+    "collect": {"top_k": 1},
+}
+
+
+def test_a_budgeted_run_spends_its_budget_on_direct_and_every_stage(tmp_path: Path) -> None:
+    """Stages without trial counts run trials until their share of the budget is spent; the collector
+    gets what is left; the run prints how the budget was split and `status` shows it. (Wall time
+    against the budget is measured by bench/main_job.py, not asserted here.)"""
+    import pickle
+
+    sweep_file = tmp_path / "budgeted.yaml"
+    sweep_file.write_text(yaml.safe_dump(BUDGETED))
+    env = subprocess_env(tmp_path / "home")
+    storage = tmp_path / "ray"
+    done = subprocess.run([*moa_tune_command(), "run", "--config", str(sweep_file), "--results", str(tmp_path / "r"),
+                           "--num-cpus", "2", "--storage", str(storage)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "of the budget" in done.stdout and "budget 100 s: used" in done.stdout, done.stdout[-3000:]
+    run_dir = tmp_path / "r" / "budgeted"
+    trials = pd.read_csv(run_dir / "trials.csv")
+    per_experiment = trials.groupby(["stage", "family"]).size()
+    assert set(per_experiment.index) == {("direct", "mlp"), ("direct", "linear"), ("stage1", "linear"),
+                                         ("stage2", "mlp"), ("stage3", "linear")}
+    # no trial count was given: every experiment ran more trials than TPE's smallest start-up
+    assert (per_experiment >= 3).all(), per_experiment
+    components = pd.read_csv(run_dir / "collect" / "components.csv")
+    assert {"direct", "stage2", "stage3"} <= set(components.stage)  # the blend chooses among both schemes
+    # the study of a budgeted experiment: COMPLETE only for trials that trained every fold
+    for path in (storage / "budgeted" / "direct" / "mlp").glob("searcher-state-*.pkl"):
+        with open(path, "rb") as handle:
+            study = pickle.load(handle)["_ot_study"]
+        for t in study.get_trials(deepcopy=False):
+            if t.state.name == "COMPLETE":
+                assert sorted(t.intermediate_values) == [1, 2, 3], t.intermediate_values
+    status = subprocess.run([*moa_tune_command(), "status", str(run_dir)], capture_output=True, text=True, env=env)
+    assert status.returncode == 0 and "budget 1.7 min (sweep, collect, export, predict and report): took" in status.stdout
