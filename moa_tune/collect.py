@@ -293,9 +293,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     folds.check(data)
     plan_by_stage = [(s, [c for f in s.families for c in top_configs(sweep_dir, spec, s.stage, f, k)])
                      for s in spec.stages]
-    for stage_spec, candidates in plan_by_stage:
-        if not candidates:
-            raise MoaTuneError(f"{sweep_dir}: stage '{stage_spec.stage}' has no completed trial to collect")
+    plan_by_stage = _stages_to_collect(plan_by_stage, sweep_dir, emit)
     if plan is not None:
         per_stage = {stage_spec.stage: [c.sweep_seconds or 0.0 for c in candidates]
                      for stage_spec, candidates in plan_by_stage}
@@ -322,6 +320,30 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     export = sweep_dir / "ensemble"
     emit(f"[collect] wrote {sweep_dir / 'collect'} and {export}")
     return CollectResult(sweep_dir, table, fitted, oof, test, export)
+
+
+def _stages_to_collect(plan_by_stage: list[tuple[Any, list[Candidate]]], sweep_dir: Path,
+                       emit: Callable[[str], None]) -> list[tuple[Any, list[Candidate]]]:
+    """The stages with candidates; a stage without one is left out unless a kept stage needs its inputs.
+
+    Under a time budget an experiment can end before any trial trained every fold (the last stage's
+    stacker, a slow family): the run goes on with what the budget bought instead of failing.
+    """
+    kept = []
+    for stage_spec, candidates in plan_by_stage:
+        if candidates:
+            kept.append((stage_spec, candidates))
+        else:
+            emit(f"[collect] stage {stage_spec.stage}: no trial trained every fold; left out of the ensemble")
+    stages = {stage_spec.stage for stage_spec, _ in kept}
+    for stage_spec, _ in kept:
+        needed = NEEDS_INPUTS.get(stage_spec.stage)
+        if needed and needed not in stages:
+            raise MoaTuneError(f"{sweep_dir}: stage '{needed}' has no completed trial to collect, and stage "
+                               f"'{stage_spec.stage}' needs its predictions")
+    if not kept:
+        raise MoaTuneError(f"{sweep_dir}: no stage has a completed trial to collect")
+    return kept
 
 
 def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds: Sequence[int], spec: SweepSpec,

@@ -320,6 +320,8 @@ def _quiet() -> None:
     os.environ.setdefault("TUNE_DISABLE_AIR_TUNE_OUTPUT", "1")
     # each fold checkpoints (that is what lets a trial resume at its next fold); Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a trial cut by a budget before its first report has no result file; Tune warns about each one
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
