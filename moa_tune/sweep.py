@@ -12,6 +12,10 @@
   ``ConcurrencyLimiter``.
 - Stages run in order; the best completed configuration of a stage (or the best of each family)
   feeds the next one with its out-of-fold and fold-averaged test predictions.
+- :class:`FoldSearch` tells Optuna a trial that did not train every fold as PRUNED, with each
+  fold's running loss as an intermediate value (Ray's OptunaSearch alone tells it COMPLETE).
+- With a budget (:class:`moa_tune.budget.JobPlan`), each experiment runs for its slice of the sweep
+  time left (:class:`SliceStopper`), its stage entry's trial count, if any, as a cap.
 
 Results: ``results/<sweep>/`` holds ``sweep.yaml``, ``folds.npz``, ``<stage>/<family>/`` (``done.json``
 and ``best/`` predictions), ``trials.csv``. The Tune experiments themselves (pickled resume state,
@@ -31,24 +35,26 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import optuna
 import pandas as pd
 import ray
 import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from .budget import JobPlan, format_seconds
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .folds import Folds
-from .budget import JobPlan, format_seconds
 from .io import write_json, write_text
 from .search_space import SearchSpace
-from .stages import Predictions
+from .stages import NEEDS_INPUTS, Predictions
 from .sweep_spec import SweepSpec, parse_sweep
 from .train import FoldReport, assemble_predictions, cross_validate
 
@@ -187,8 +193,6 @@ class FoldSearch(OptunaSearch):
         if int(result.get("folds_done", 0)) >= int(result.get("n_folds", 0)):
             super().on_trial_complete(trial_id, result, error)
             return
-        import optuna
-
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
@@ -199,8 +203,6 @@ def _report_missing_folds(ot_trial: Any, result: Mapping[str, Any]) -> None:
     The last step gets the trial's reported loss itself; earlier ones the mean of the fold losses up
     to them. Steps already reported are left alone (Optuna ignores a repeated step with a warning).
     """
-    import warnings
-
     losses = [float(x) for x in str(result.get("fold_losses", "")).split(",") if x]
     done = int(result.get("folds_done", len(losses)))
     if not losses or done != len(losses):
@@ -322,8 +324,6 @@ def _quiet() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a trial cut by a budget before its first report has no result file; Tune warns about each one
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -524,7 +524,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    import optuna
 
     from . import __version__
     from .folds import make_folds
@@ -563,7 +562,17 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         all_rows: list[dict[str, Any]] = []
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
+        skipped: set[str] = set()  # stages a budgeted sweep could not give a completed trial, and those after them
         for stage_spec in spec.stages:
+            if NEEDS_INPUTS.get(stage_spec.stage) in skipped:
+                n_left -= len(stage_spec.families)
+                skipped.add(stage_spec.stage)
+                for family in stage_spec.families:
+                    emit(f"[{stage_spec.stage}/{family}] skipped: stage '{NEEDS_INPUTS[stage_spec.stage]}' has no "
+                         f"completed trial to feed it")
+                    write_json(out / stage_spec.stage / family / DONE_MARKER,
+                               {"trials": [], "finished": time.time(), "skipped": True})
+                continue
             inputs = _stage_inputs(stage_spec.inputs, previous) if stage_spec.stage in ("stage2", "stage3") else None
             current: dict[str, tuple[Predictions, dict]] = {}
             for family in stage_spec.families:
@@ -641,8 +650,14 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     emit(f"[{label}] no trial completed every fold")
                 write_json(local_dir / DONE_MARKER, {"trials": rows, "finished": time.time()})
                 _write_trials(out, all_rows)
-            if stage_spec.stage in ("stage1", "stage2") and not current:
-                raise MoaTuneError(f"stage '{stage_spec.stage}' produced no completed trial; the next stage needs one")
+            needed_later = any(NEEDS_INPUTS.get(s.stage) == stage_spec.stage for s in spec.stages)
+            if needed_later and not current:
+                if plan is None or not any(stage != "stage1" for stage, _ in best):
+                    raise MoaTuneError(f"stage '{stage_spec.stage}' produced no completed trial; the next stage needs one")
+                # a budget spent before this stage finished a trial: what needs it is skipped, the rest goes on
+                emit(f"[{stage_spec.stage}] no trial trained every fold within its share of the budget; "
+                     f"the stages that need its predictions are skipped")
+                skipped.add(stage_spec.stage)
             previous = current
         trials = _write_trials(out, all_rows)
         return SweepResult(out, trials, best)
