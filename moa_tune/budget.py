@@ -117,9 +117,9 @@ def collect_seconds(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, 
 class JobPlan:
     """How a budgeted job spends its time, refreshed from measured trial times as the sweep runs.
 
-    ``experiments``: (stage, family) in the order they run; ``collect_stages``: the stages whose
-    components the collector retrains (in order), each with its families; ``top_k`` components per
-    family x stage, ``n_seeds`` seeds wanted, ``slots`` trials (or tasks) at once.
+    ``experiments``: (stage, family) in the order they run (the collector retrains ``top_k``
+    components of each, stage by stage); ``n_seeds`` seeds wanted; ``slots`` trials (or collector
+    tasks) at once.
     ``collect_share``: the most of the budget the collector may take; ``tail_share``: the reserve of
     the export, prediction and report (both fractions of the budget). With ``collect=False`` (a
     sweep run on its own) the sweep gets everything.

@@ -48,7 +48,7 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from .budget import JobPlan, format_seconds
+from .budget import BudgetError, JobPlan, format_seconds
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .folds import Folds
@@ -563,6 +563,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
         skipped: set[str] = set()  # stages a budgeted sweep could not give a completed trial, and those after them
+        spent = False  # a budgeted sweep whose time left cannot pay for the stages left skips them
         for stage_spec in spec.stages:
             if NEEDS_INPUTS.get(stage_spec.stage) in skipped:
                 n_left -= len(stage_spec.families)
@@ -590,6 +591,20 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         current[family] = (Predictions.load(best_dir), meta)
                         best[(stage_spec.stage, family)] = meta
                     continue
+                if plan is not None and not spent:
+                    ahead = spec.experiments()[len(spec.experiments()) - n_left - 1:]  # this one and the rest
+                    try:
+                        plan.check_feasible(len({stage for stage, _ in ahead}))
+                    except BudgetError as exc:
+                        if not any(stage != "stage1" for stage, _ in best):
+                            raise  # nothing to blend yet: the budget is too small for this sweep
+                        spent = True
+                        emit(f"[sweep] the budget left cannot pay for one trial of each stage left, so the "
+                             f"experiments from {label} on are skipped ({str(exc).split(': ', 1)[1]})")
+                if spent:
+                    emit(f"[{label}] skipped: the budget is spent")
+                    write_json(local_dir / DONE_MARKER, {"trials": [], "finished": time.time(), "skipped": True})
+                    continue
                 space: SearchSpace = spec.spaces[family]
                 run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed_for(family),
                                            stage=stage_spec.stage, threads=threads)
@@ -602,8 +617,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     n_trials = spec.trials_of(stage_spec, budgeted=plan is not None)
                     stopper, slice_s = None, None
                     if plan is not None:
-                        ahead = spec.experiments()[len(spec.experiments()) - n_left - 1:]  # this one and the rest
-                        plan.check_feasible(len({stage for stage, _ in ahead}))
                         slice_s = plan.experiment_slice(n_left + 1)
                         stopper = SliceStopper(slice_s, plan.sweep_deadline() - time.time(), folds.n_splits)
                     mean_trial = float(np.mean(trial_seconds)) if trial_seconds else None
