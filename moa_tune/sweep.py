@@ -234,12 +234,22 @@ class SliceStopper(tune.Stopper):
         self._last = time.monotonic()
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        """Past the slice without a finished trial, only the furthest trial goes on (the rest are cut)."""
+        """Cut a trial that cannot help within the budget.
+
+        A trial whose folds so far say it cannot train the rest before the sweep's deadline is cut
+        at once (its remaining folds would be wasted), and so is one that cannot finish within the
+        slice once another trial has finished. Past the slice without a finished trial, only the
+        furthest trial goes on.
+        """
         done = int(result.get("folds_done", 0))
         self.folds[trial_id] = done
         if done >= self.n_folds:
             self.completed += 1
             return False
+        per_fold = float(result.get("time_total_s") or 0.0) / max(1, done)
+        still_needs = per_fold * (self.n_folds - done)
+        if still_needs > self.hard_left or (self.completed and still_needs > self.slice_left):
+            return True
         if self.slice_left > 0 or self.completed:
             return False
         leader = max(self.folds, key=lambda t: self.folds[t])
