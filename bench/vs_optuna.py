@@ -117,6 +117,7 @@ def moa_tune_arm(seed: int, budget: float, preset: str, n_splits: int, fixed: di
     stopped = int(((trials.folds_done < n_splits) & (trials.state == "pruned")).sum()) - cut
     return {"best": float(full.loss.min()) if len(full) else None, "trials": len(trials), "states": states,
             "stopped_early": stopped, "cut_by_budget": cut, "folds_trained": int(trials.folds_done.sum()),
+            "full_trials": int(len(full)),
             "wall_s": seconds,
             "told_as": "PRUNED (ranked below every complete trial)"}
 
