@@ -28,11 +28,15 @@ from typing import Mapping, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["Budget", "BudgetError", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
+__all__ = ["BUDGET_KEY", "Budget", "BudgetError", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
 
 
 class BudgetError(ConfigError):
     """The budget cannot pay for one trial of every stage (the job stops and removes what it began)."""
+
+#: The key under which a budgeted job's ``sweep.yaml`` records its budget and start (sweep.py writes
+#: it, ``moa-tune status`` reads it; both without sharing anything else).
+BUDGET_KEY = "_budget"
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|hr|h|min|m|sec|s)", re.IGNORECASE)

@@ -31,14 +31,14 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .budget import BUDGET_KEY
 from .errors import ConfigError
+from .sweep_spec import DEFAULT_TRIALS
 
 __all__ = ["TRIAL_STATES", "status_lines", "status_table", "sweep_status"]
 
 #: Trial states in display order (``running`` only occurs in an experiment in progress).
 TRIAL_STATES = ("completed", "pruned", "errored", "running")
-DEFAULT_TRIALS = 8  # sweep_spec's default trials per stage entry
-BUDGET_KEY = "_budget"  # sweep.py records a budgeted job's budget and start under it
 DEFAULT_FOLDS = 5
 
 

@@ -48,7 +48,7 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from .budget import BudgetError, JobPlan, format_seconds
+from .budget import BUDGET_KEY, BudgetError, JobPlan, format_seconds
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .folds import Folds
@@ -412,8 +412,6 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
 DEFAULT_STORAGE = Path("~/ray_results/moa-tune")
 #: The key of ``sweep.yaml`` that records where the sweep's Tune experiments are.
 STORAGE_KEY = "_storage"
-#: The key of ``sweep.yaml`` that records a budgeted job's budget and start (for ``moa-tune status``).
-BUDGET_KEY = "_budget"
 #: num_samples of an experiment that runs until its slice of the budget is spent.
 UNLIMITED_TRIALS = 100_000
 
@@ -568,7 +566,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         if plan is not None:
             plan.slots = concurrency
         trial_seconds: list[float] = []  # every trial's time so far (sizes TPE's start-up)
-        n_left = len(spec.experiments())
+        experiments = spec.experiments()
         all_rows: list[dict[str, Any]] = []
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
@@ -576,7 +574,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         spent = False  # a budgeted sweep whose time left cannot pay for the stages left skips them
         for stage_spec in spec.stages:
             if NEEDS_INPUTS.get(stage_spec.stage) in skipped:
-                n_left -= len(stage_spec.families)
                 skipped.add(stage_spec.stage)
                 for family in stage_spec.families:
                     emit(f"[{stage_spec.stage}/{family}] skipped: stage '{NEEDS_INPUTS[stage_spec.stage]}' has no "
@@ -590,7 +587,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                 label = f"{stage_spec.stage}/{family}"
                 local_dir = out / stage_spec.stage / family
                 best_dir = local_dir / "best"
-                n_left -= 1
+                ahead = experiments[experiments.index((stage_spec.stage, family)):]  # this one and the rest
                 if resume and (local_dir / DONE_MARKER).exists():
                     emit(f"[{label}] already finished; kept")
                     rows = json.loads((local_dir / DONE_MARKER).read_text())["trials"]
@@ -602,7 +599,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         best[(stage_spec.stage, family)] = meta
                     continue
                 if plan is not None and not spent:
-                    ahead = spec.experiments()[len(spec.experiments()) - n_left - 1:]  # this one and the rest
                     try:
                         plan.check_feasible(len({stage for stage, _ in ahead}))
                     except BudgetError as exc:
@@ -627,7 +623,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     n_trials = spec.trials_of(stage_spec, budgeted=plan is not None)
                     stopper, slice_s = None, None
                     if plan is not None:
-                        slice_s = plan.experiment_slice(n_left + 1)
+                        slice_s = plan.experiment_slice(len(ahead))
                         stopper = SliceStopper(slice_s, plan.sweep_deadline() - time.time(), folds.n_splits)
                     mean_trial = float(np.mean(trial_seconds)) if trial_seconds else None
                     n_startup = startup_trials(slice_s, concurrency, mean_trial) if slice_s is not None else 10
