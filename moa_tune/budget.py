@@ -6,10 +6,10 @@ the whole job (sweep, collect, export, predict, report) and the job plans as it 
 
 - the *tail* (export, prediction, report, and the collector's own overhead of starting tasks and
   blending) gets a small reserve: 5% of the budget, at least 15 s;
-- the *collector* gets what retraining the best configurations with its seeds will take,
+- the *collector* gets what training the best configurations with its further seeds will take,
   estimated from the times of the sweep's own trials (a retraining is one trial's work), capped
-  at ``collect_share`` of the budget; when even one seed per component would not fit the cap, it
-  still gets one seed: a run without an ensemble is worth nothing;
+  at ``collect_share`` of the budget. A component's first seed is its sweep trial, reused, so one
+  seed costs nothing and always fits: a run never lacks an ensemble for want of collect time;
 - the *sweep* gets the rest. Its experiments (family x stage) run one after the other; each gets
   an equal share of the sweep time left when it starts, so time an early experiment does not use
   (it ran out of trials) goes to the later ones, and the estimate of the collector's reserve is
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .errors import ConfigError
+from .stages import NEEDS_INPUTS
 
 __all__ = ["BUDGET_KEY", "Budget", "BudgetError", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
 
@@ -94,11 +95,10 @@ class Budget:
 
 
 def seeds_that_fit(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int, available_s: float) -> int:
-    """How many seeds (1..n_seeds) the collector can retrain its components with in ``available_s``.
+    """How many seeds (1..n_seeds) the collector can train its components with in ``available_s``.
 
     ``trial_seconds``: per collector stage, the measured full-CV time of each component (its sweep
-    trial's time). Stages run one after the other; within a stage the (component, seed) tasks share
-    ``slots`` at once, so a stage takes about its total work / slots, and at least its longest task.
+    trial's time). One seed always fits: it is the sweep's own trial, reused (:func:`collect_seconds`).
     """
     for k in range(n_seeds, 0, -1):
         if collect_seconds(trial_seconds, k, slots) <= available_s:
@@ -107,13 +107,20 @@ def seeds_that_fit(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, s
 
 
 def collect_seconds(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int) -> float:
-    """Estimated wall time of retraining every component with ``n_seeds`` seeds (see :func:`seeds_that_fit`)."""
+    """Estimated wall time of the collector's training with ``n_seeds`` seeds per component.
+
+    A component's first seed is its sweep trial, reused without training, in a stage without inputs
+    (direct, stage 1) and, with a single seed, in every stage (the inputs are then the sweep's own);
+    a stage-2/3 component whose inputs were collected with several seeds is trained with all of
+    them. Stages run one after the other; within a stage the (component, seed) trainings share
+    ``slots`` at once, so a stage takes about its total work / slots, and at least its longest task.
+    """
     total = 0.0
-    for times in trial_seconds.values():
-        if not times:
-            continue
-        tasks = [t for t in times for _ in range(n_seeds)]
-        total += max(sum(tasks) / max(1, slots), max(tasks))
+    for stage, times in trial_seconds.items():
+        trained = n_seeds - 1 if n_seeds == 1 or stage not in NEEDS_INPUTS else n_seeds
+        tasks = [t for t in times for _ in range(trained)]
+        if tasks:
+            total += max(sum(tasks) / max(1, slots), max(tasks))
     return total
 
 
@@ -140,6 +147,11 @@ class JobPlan:
     tail_min_s: float = 15.0
     #: (stage, family) -> full-CV seconds of its completed trials, as measured
     measured: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: experiments that will not run (the sweep skipped them): they give the collector nothing to train
+    dropped: set[tuple[str, str]] = field(default_factory=set)
+
+    def drop(self, stage: str, family: str) -> None:
+        self.dropped.add((stage, family))
 
     def record(self, stage: str, family: str, full_trial_seconds: Sequence[float]) -> None:
         """The times of an experiment's trials that trained every fold (what a retraining costs)."""
@@ -154,16 +166,21 @@ class JobPlan:
     def _component_seconds(self) -> dict[str, list[float]]:
         """Per stage: the estimated full-CV time of each component the collector will retrain.
 
-        Stage-1 components count too (they are retrained to feed stage 2). Which trials will be the
-        best is not known yet, so each of an experiment's ``top_k`` components is costed at the
-        median time of its measured full trials; an experiment not measured yet at the median of
-        every measured time so far.
+        Stage-1 components count too (they are trained with the collector's seeds to feed stage 2).
+        Which trials will be the best is not known yet, so each of an experiment's ``top_k``
+        components is costed at the median time of its measured full trials; an experiment not run
+        yet at the median of every measured time so far. One that ran without a trial that trained
+        every fold, or that the sweep skipped, has no component and costs nothing.
         """
         every = sorted(t for times in self.measured.values() for t in times)
         fallback = every[len(every) // 2] if every else None
         per_stage: dict[str, list[float]] = {}
         for stage, family in self.experiments:
+            if (stage, family) in self.dropped:
+                continue
             times = self.measured.get((stage, family))
+            if times is not None and not times:
+                continue
             typical = times[len(times) // 2] if times else fallback
             if typical is None:
                 continue
@@ -181,7 +198,7 @@ class JobPlan:
         if not per_stage:  # nothing measured yet: keep the whole cap
             return self.collect_cap_s()
         k = seeds_that_fit(per_stage, self.n_seeds, self.slots, self.collect_cap_s())
-        return collect_seconds(per_stage, k, self.slots)  # one seed even when that is over the cap
+        return collect_seconds(per_stage, k, self.slots)  # within the cap: one seed is the sweep's own
 
     def sweep_deadline(self) -> float:
         """Wall-clock time (``time.time()``) by which the sweep must end."""
@@ -199,18 +216,21 @@ class JobPlan:
         every = [t for times in self.measured.values() for t in times]
         return min(every) if every else None
 
-    def check_feasible(self, stages_left: int, now: float | None = None) -> None:
-        """Refuse, in one line, a budget that cannot give each stage left one trial of every fold.
+    def check_feasible(self, trials_needed: int, now: float | None = None) -> None:
+        """Refuse, in one line, a sweep time left that cannot pay for ``trials_needed`` full trials.
 
+        The sweep asks before each experiment, with the trials it needs to be of use: one, or two
+        for stage 1 (its predictions are only worth something once stage 2 has learnt from them).
         Judged on what is measured: the sweep's time left against the fastest full trial so far
-        (before any is measured, only a sweep time already spent is refused). A stage without a
-        trial that trained every fold leaves the next stage without inputs and the blend without a
-        component, so going on would only spend the rest of the budget on a run that cannot end well.
+        (before any is measured, only a sweep time already spent is refused). An experiment without
+        a trial that trained every fold gives the blend no component, so starting one that cannot
+        finish would only spend the budget on work that cannot end well; the sweep skips it, or
+        stops the job when it has nothing to blend yet.
         """
         now = time.time() if now is None else now
         left = self.sweep_deadline() - now
         fastest = self.fastest_full_trial()
-        need = stages_left * fastest if fastest is not None else 0.0
+        need = trials_needed * fastest if fastest is not None else 0.0
         if left > need and left > 0:
             return
         reserve = self.tail_s + self.collect_reserve_s()
@@ -218,8 +238,8 @@ class JobPlan:
         floor = spent + max(need, 0.0) + reserve
         if fastest is None:  # nothing measured: starting Ray and one trial per stage take a minute or more
             floor = max(floor, 60.0)
-        why = (f"a trial that trains every fold took {fastest:.0f} s here and the {stages_left} stage(s) left need "
-               f"one each" if fastest is not None else "the sweep's share is spent before its first trial")
+        why = (f"a trial that trains every fold took {fastest:.0f} s here and {trials_needed} more are needed"
+               if fastest is not None else "the sweep's share is spent before its first trial")
         raise BudgetError(f"--budget {format_seconds(self.budget.total_s)} is too small for this sweep: {why} "
                           f"({format_seconds(spent)} spent, {format_seconds(reserve)} kept for collecting and the "
                           f"report); give at least --budget {_round_up(floor * 1.5)}")

@@ -393,7 +393,7 @@ def sweep(
     budget_s = budget_s if budget_s is not None else spec.budget_s
     plan = None if budget_s is None else JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
     if plan is not None:
-        plan.check_feasible(len(spec.stages))
+        plan.check_feasible(1)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
                        num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
@@ -532,7 +532,7 @@ def run_cmd(
                        top_k=int(top_k if top_k is not None else spec.collect["top_k"]),
                        n_seeds=int(n_seeds if n_seeds is not None else len(spec.seeds)),
                        collect_share=float(spec.collect["budget_share"]))
-        plan.check_feasible(len(spec.stages))  # a budget spent before the sweep could start
+        plan.check_feasible(1)  # a budget spent before the sweep could start
     run_dir = results / spec.name
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
@@ -576,8 +576,11 @@ def run_cmd(
               f"{collected.blend.loss:.6f} (cross-fitted {collected.blend.cross_fitted_loss:.6f}); "
               f"best single component {collected.blend.best_component[1]:.6f}")
     finished = time.perf_counter()
+    table = collected.components
+    reused = sum(len(x.split(";")) for x in table.reused_seeds if x)
     split = (f"sweep {format_seconds(sweep_done - started)} (with data and Ray start), collect "
-             f"{format_seconds(collect_done - sweep_done)}, predict and report {format_seconds(finished - collect_done)}")
+             f"{format_seconds(collect_done - sweep_done)} ({reused} of {int(table.n_seeds.sum())} component "
+             f"seeds reused from the sweep), predict and report {format_seconds(finished - collect_done)}")
     if plan is not None:
         out.print(f"  budget {format_seconds(plan.budget.total_s)}: used {format_seconds(finished - started)}; {split}",
                   markup=False)

@@ -3,9 +3,11 @@
 ``collect(sweep_dir)`` turns a finished sweep into what its user takes home:
 
 1. per stage (in the sweep's order) and family, the ``top_k`` completed trials (lowest CV loss)
-   become *components*; each is retrained on every fold with each of the sweep's ``seeds`` (the one
-   the sweep's trials trained with swapped for a fresh one: :func:`fresh_seeds`) as one
-   Ray task (``num_cpus``/``num_gpus`` as the sweep's trials), so the work spreads over the cluster;
+   become *components*, each trained on every fold with each of the sweep's ``seeds``. The seed the
+   sweep's trials trained with is the sweep trial itself (:func:`reuse_trial`: its checkpoints hold
+   every fold's fitted pipeline and network) when the component's inputs are the ones it trained
+   on; every other seed is retrained as one Ray task (``num_cpus``/``num_gpus`` as the sweep's
+   trials), so the work spreads over the cluster and nothing the sweep trained is trained again;
 2. a component's predictions are the mean over its seeds (out-of-fold on train, fold-averaged on
    test); the next stage's inputs are this stage's components combined as the sweep said
    (``inputs: best`` -> their blend, ``per_family`` -> each family's mean side by side), so a
@@ -45,10 +47,11 @@ from .io import atomic_dir, write_json, write_text
 from .metric import columnwise_log_loss, log_loss
 from .predict import combine_inputs, mean_of
 from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
-from .sweep import DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, resume_spec, trial_config
+from .sweep import (DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, recorded_storage, resume_spec,
+                    trial_config)
 from .sweep_spec import SweepSpec
 
-__all__ = ["Candidate", "CollectResult", "Component", "collect", "fresh_seeds", "top_configs"]
+__all__ = ["Candidate", "CollectResult", "Component", "collect", "reuse_trial", "top_configs"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class Candidate:
     sweep_loss: float
     config: dict[str, Any]
     sweep_seconds: float | None = None      # the trial's wall time: what one retraining costs
+    checkpoint: str | None = None           # its latest checkpoint, relative to its experiment's folder
+    inputs_digest: str | None = None        # the inputs it trained on (moa_tune.stages.inputs_digest)
+    node: str | None = None                 # the Ray node it ran on
+
+    @property
+    def trained_seed(self) -> int:
+        return int(self.config.get("train", {}).get("seed", 0))
 
     @property
     def id(self) -> str:
@@ -83,6 +93,7 @@ class Component:
     folds_of: dict[int, list[str]]          # seed -> its fold folders, relative to the export
     n_folds: int
     nodes: tuple[str, ...]                  # Ray nodes the seeds ran on
+    reused: tuple[int, ...] = ()            # seeds that are the sweep's own trial (not trained again)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +112,8 @@ def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: in
     if not done.is_file():
         raise ConfigError(f"{sweep_dir}: experiment {stage}/{family} has not finished; finish the sweep first "
                           f"(moa-tune sweep --resume {sweep_dir})")
-    rows = json.loads(done.read_text())["trials"]
+    record = json.loads(done.read_text())
+    rows = record["trials"]
     completed = sorted((r for r in rows if r.get("state") == "completed" and r.get("loss") is not None),
                        key=lambda r: r["loss"])
     picked = []
@@ -111,21 +123,9 @@ def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: in
         config["family"] = family
         seconds = row.get("time_s")
         picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config,
-                                float(seconds) if isinstance(seconds, (int, float)) else None))
+                                float(seconds) if isinstance(seconds, (int, float)) else None,
+                                row.get("checkpoint"), record.get("inputs_digest"), row.get("node")))
     return picked
-
-
-def fresh_seeds(seeds: Sequence[int], trained: int) -> tuple[int, ...]:
-    """``seeds`` with the seed the sweep's trials trained with replaced by the next unused one.
-
-    A candidate retrained with the sweep's own seed, on the same folds and (for a stage without
-    inputs) the same data, repeats its sweep trial exactly: the time buys nothing. With another
-    seed the same time buys one more member of the seed average.
-    """
-    if trained not in seeds:
-        return tuple(seeds)
-    replacement = max(max(seeds), trained) + 1
-    return tuple(replacement if s == trained else s for s in seeds)
 
 
 def retrain(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
@@ -165,6 +165,52 @@ def retrain(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Pred
     return {"seed": int(seed), "loss": result.loss, "oof": result.predictions.oof, "test": result.predictions.test,
             "columns": list(result.predictions.columns), "output": spec.output.tolist(),
             "restore": spec.restore.tolist(), "config": result.config, "files": files}
+
+
+def reuse_trial(candidate: Candidate, experiments: str, data: MoaData, folds: Folds,
+                inputs: Predictions | None) -> dict[str, Any] | None:
+    """The candidate's sweep trial as one seed of its component (as :func:`retrain` returns it), or None.
+
+    Retraining the candidate with the sweep's seed, on the sweep's folds and the inputs the trial
+    trained on, would repeat the trial exactly; its checkpoints already hold every fold's
+    predictions and fitted pipeline and network. None when they do not (an older sweep, a trial
+    outside the sweep's ``top_k``) or when the collector's inputs differ from the trial's (the
+    previous stage was collected with several seeds or families): then it is retrained.
+    ``experiments``: the sweep's experiments root (a folder or URI).
+    """
+    from ray import tune
+
+    from .config import resolve_config
+    from .stages import inputs_digest, plan
+    from .sweep import CHECKPOINT_FILE, FITTED_DIR, _checkpoint_chain, _load_reports
+    from .train import assemble_predictions
+
+    if candidate.checkpoint is None or inputs_digest(inputs) != candidate.inputs_digest:
+        return None
+    latest = tune.Checkpoint(f"{experiments}/{candidate.stage}/{candidate.family}/{candidate.checkpoint}")
+    files: dict[str, bytes] = {}
+    try:
+        reports = _load_reports(latest, folds)
+        for link in _checkpoint_chain(latest):
+            with link.as_directory() as directory:
+                fitted = Path(directory) / FITTED_DIR
+                with np.load(Path(directory) / CHECKPOINT_FILE, allow_pickle=False) as archive:
+                    fold = json.loads(str(archive["meta"]))["fold"]
+                for path in sorted(fitted.rglob("*")):
+                    if path.is_file():
+                        files[f"fold_{fold}/{path.relative_to(fitted).as_posix()}"] = path.read_bytes()
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return None
+    if sorted(r.fold for r in reports) != list(range(folds.n_splits)) or \
+            {name.split("/")[0] for name in files} != {f"fold_{k}" for k in range(folds.n_splits)}:
+        return None
+    config = resolve_config(candidate.config)
+    spec = plan(config, data, folds, inputs)
+    predictions = assemble_predictions(reports, data, folds, spec.output_columns, candidate.stage, candidate.family)
+    return {"seed": candidate.trained_seed, "oof": predictions.oof, "test": predictions.test,
+            "loss": _component_loss(data, folds, candidate.stage, predictions.oof, spec.restore),
+            "columns": list(predictions.columns), "output": spec.output.tolist(), "restore": spec.restore.tolist(),
+            "config": config, "files": files, "node": candidate.node or "sweep", "reused": True}
 
 
 def _retrain_task(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
@@ -213,22 +259,30 @@ def _inputs(recipe: Mapping[str, Any], components: Sequence[Component], folds: F
     return Predictions(oof, test, columns, fold_fingerprint(folds), components[0].candidate.stage, "collected")
 
 
-def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: SweepSpec, data_ref: Any, folds: Folds,
-               inputs: Predictions | None, staging: Path, emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
-    """Every (candidate, seed) as a Ray task; results grouped by candidate id, in seed order.
+def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: SweepSpec, data_ref: Any, data: MoaData,
+               folds: Folds, inputs: Predictions | None, experiments: str | None, staging: Path,
+               emit: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+    """Every (candidate, seed): the sweep trial where it can be reused, else a Ray task; by candidate, in seed order.
 
-    Each finished task's fold files are written under ``staging`` (the export being built) at
-    once and dropped from memory, so the driver never holds every network of the ensemble.
+    Each member's fold files are written under ``staging`` (the export being built) as soon as it
+    is ready and dropped from memory, so the driver never holds every network of the ensemble.
     """
-    from .export import member_dir
-
     threads = max(1, int(spec.resources["cpu"]))
     task = ray.remote(_retrain_task).options(num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
                                        max_retries=spec.max_failures, retry_exceptions=False)
     inputs_ref = ray.put(inputs) if inputs is not None else None
-    pending = {task.remote(c.config, data_ref, folds, inputs_ref, s, threads): (c, s) for c in candidates for s in seeds}
-    total = len(pending)
     results: dict[str, list[dict[str, Any]]] = {c.id: [] for c in candidates}
+    reused: set[tuple[str, int]] = set()
+    for c in candidates:
+        out = reuse_trial(c, experiments, data, folds, inputs) if experiments and c.trained_seed in seeds else None
+        if out is not None:
+            _stage_member(staging, c, out)
+            results[c.id].append(out)
+            reused.add((c.id, out["seed"]))
+            emit(f"[collect] {c.id} seed {out['seed']}: the sweep's trial {c.trial_id} reused, CV {out['loss']:.6f}")
+    pending = {task.remote(c.config, data_ref, folds, inputs_ref, s, threads): (c, s)
+               for c in candidates for s in seeds if (c.id, s) not in reused}
+    total = len(pending)
     started = time.perf_counter()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -241,18 +295,25 @@ def _run_tasks(candidates: Sequence[Candidate], seeds: Sequence[int], spec: Swee
             cause = str(exc).strip().splitlines()[-1][:300]
             raise MoaTuneError(f"collect: retraining {candidate.id} (trial {candidate.trial_id}) with seed {seed} "
                                f"failed: {cause}") from None
-        base = member_dir(candidate.id, seed)
-        for name, content in out.pop("files").items():
-            path = staging / base / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        out["folds"] = sorted({f"{base}/{name.split('/')[0]}" for name in os.listdir(staging / base)})
+        _stage_member(staging, candidate, out)
         results[candidate.id].append(out)
         emit(f"[collect] {candidate.id} seed {seed}: CV {out['loss']:.6f}  "
              f"({total - len(pending)}/{total}, {time.perf_counter() - started:.0f} s)")
     for rows in results.values():
         rows.sort(key=lambda r: seeds.index(r["seed"]))
     return results
+
+
+def _stage_member(staging: Path, candidate: Candidate, out: dict[str, Any]) -> None:
+    """Write one member's fold files into the export being built; keep only their folder names."""
+    from .export import member_dir
+
+    base = member_dir(candidate.id, out["seed"])
+    for name, content in out.pop("files").items():
+        path = staging / base / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    out["folds"] = sorted({f"{base}/{name.split('/')[0]}" for name in os.listdir(staging / base)})
 
 
 def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaData, folds: Folds,
@@ -265,7 +326,8 @@ def _component(candidate: Candidate, members: list[dict[str, Any]], data: MoaDat
     return Component(candidate, tuple(m["seed"] for m in members), tuple(m["loss"] for m in members),
                      _component_loss(data, folds, candidate.stage, oof, restore), predictions, members[0]["output"],
                      restore, members[0]["config"], {m["seed"]: m["folds"] for m in members}, n_folds,
-                     tuple(dict.fromkeys(m["node"] for m in members)))
+                     tuple(dict.fromkeys(m["node"] for m in members)),
+                     tuple(m["seed"] for m in members if m.get("reused")))
 
 
 def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Sequence[int] | None = None,
@@ -284,7 +346,6 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     seeds = tuple(int(s) for s in (seeds if seeds is not None else spec.seeds))
     if k < 1 or not seeds:
         raise ConfigError("collect needs top_k >= 1 and at least one seed")
-    seeds = fresh_seeds(seeds, spec.seeds[0])
     data = data if data is not None else load_sweep_data(spec, data_dir)
     folds_path = sweep_dir / "folds.npz"
     if not folds_path.is_file():
@@ -313,8 +374,8 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
         shutil.rmtree(stale, ignore_errors=True)
         emit(f"[collect] removed {stale.name}, left by an interrupted collection")
     with atomic_dir(sweep_dir / "ensemble", overwrite=True) as staging:
-        components, stages = _retrain_stages(plan_by_stage, seeds, spec, data, folds, staging, address, num_cpus,
-                                             dashboard_host, emit)
+        components, stages = _retrain_stages(plan_by_stage, seeds, spec, data, folds, staging,
+                                             recorded_storage(sweep_dir), address, num_cpus, dashboard_host, emit)
         fitted, oof, test, table = _blend_and_write(sweep_dir, components, stages, seeds, k, data, folds, emit)
         write_manifest(staging, _manifest(spec, data, folds, stages, components, fitted))
     export = sweep_dir / "ensemble"
@@ -347,9 +408,10 @@ def _stages_to_collect(plan_by_stage: list[tuple[Any, list[Candidate]]], sweep_d
 
 
 def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds: Sequence[int], spec: SweepSpec,
-                    data: MoaData, folds: Folds, staging: Path, address: str | None, num_cpus: int | None,
-                    dashboard_host: str, emit: Callable[[str], None]) -> tuple[list[Component], list[dict[str, Any]]]:
-    """Stage by stage: the candidates x seeds as Ray tasks, then the next stage's inputs from them."""
+                    data: MoaData, folds: Folds, staging: Path, experiments: str | None, address: str | None,
+                    num_cpus: int | None, dashboard_host: str, emit: Callable[[str], None]
+                    ) -> tuple[list[Component], list[dict[str, Any]]]:
+    """Stage by stage: the candidates x seeds (reused or Ray tasks), then the next stage's inputs from them."""
     started = _init_ray(address, num_cpus, dashboard_host, emit)
     try:
         data_ref = ray.put(data)
@@ -362,7 +424,7 @@ def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds:
             if NEEDS_INPUTS.get(stage_spec.stage):
                 recipe = _recipe(stage_spec.inputs, previous, data, folds)
                 inputs = _inputs(recipe, previous, folds)
-            results = _run_tasks(candidates, seeds, spec, data_ref, folds, inputs, staging, emit)
+            results = _run_tasks(candidates, seeds, spec, data_ref, data, folds, inputs, experiments, staging, emit)
             current = [_component(c, results[c.id], data, folds, folds.n_splits) for c in candidates]
             for c in current:
                 emit(f"[collect] {c.candidate.id}: {len(seeds)}-seed average CV {c.loss:.6f} "
@@ -399,6 +461,7 @@ def _blend_and_write(sweep_dir: Path, components: Sequence[Component], stages: l
         "id": c.candidate.id, "stage": c.candidate.stage, "family": c.candidate.family, "rank": c.candidate.rank,
         "trial_id": c.candidate.trial_id, "sweep_loss": c.candidate.sweep_loss, "cv_loss": c.loss,
         "seed_losses": ";".join(f"{x:.8f}" for x in c.seed_losses), "n_seeds": len(c.seeds),
+        "reused_seeds": ";".join(str(x) for x in c.reused),
         "weight": weights.get(c.candidate.id, 0.0) if c.candidate.stage != "stage1" else None,
         "nodes": ";".join(c.nodes),
     } for c in components])

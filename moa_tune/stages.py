@@ -30,7 +30,7 @@ from .folds import Folds
 from .io import write_json
 from .params import Param
 
-__all__ = ["STAGES", "STAGE_PARAMS", "Plan", "Predictions", "fold_fingerprint", "plan"]
+__all__ = ["STAGES", "STAGE_PARAMS", "Plan", "Predictions", "fold_fingerprint", "inputs_digest", "plan"]
 
 STAGE_PARAMS: dict[str, dict[str, Param]] = {
     "direct": {
@@ -58,6 +58,22 @@ def fold_fingerprint(folds: Folds) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(folds.fold, dtype=np.int64).tobytes())
     digest.update("\n".join(folds.sig_id.tolist()).encode())
+    return digest.hexdigest()[:16]
+
+
+def inputs_digest(inputs: "Predictions | None") -> str | None:
+    """A hash of a stage's inputs (values and columns): a trained stage-2/3 model is only valid on these.
+
+    The sweep records the digest of the inputs each experiment trained on; the collector reuses a
+    sweep trial's fitted folds only when its own inputs have the same digest.
+    """
+    if inputs is None:
+        return None
+    digest = hashlib.sha256()
+    for array in (inputs.oof, inputs.test):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    digest.update("\n".join(inputs.columns).encode())
     return digest.hexdigest()[:16]
 
 

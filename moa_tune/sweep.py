@@ -54,7 +54,7 @@ from .errors import ConfigError, MoaTuneError
 from .folds import Folds
 from .io import write_json, write_text
 from .search_space import SearchSpace
-from .stages import NEEDS_INPUTS, Predictions
+from .stages import NEEDS_INPUTS, Predictions, inputs_digest
 from .sweep_spec import SweepSpec, parse_sweep
 from .train import FoldReport, assemble_predictions, cross_validate
 
@@ -65,19 +65,31 @@ METRIC = "loss"
 MODE = "min"
 DONE_MARKER = "done.json"
 CHECKPOINT_FILE = "folds_done.npz"
+FITTED_DIR = "fitted"  # in each fold's checkpoint: that fold's pipeline and network (moa_tune.artifacts)
 
 
 # --------------------------------------------------------------------------------------------
 # the trainable
 
 
-def _save_fold(directory: str, report: FoldReport) -> None:
-    """One fold's predictions and figures: the content of the checkpoint reported after that fold."""
+def _save_fold(directory: str, report: FoldReport, family: str, model_params: Mapping[str, Any]) -> None:
+    """One fold's predictions and figures, and its fitted pipeline and network (``fitted/``).
+
+    The content of the checkpoint reported after that fold. The fitted fold lets the collector
+    reuse the trial (same configuration, folds, seed and inputs) as one seed of a component instead
+    of training it again; the sweep deletes it from trials that cannot become a component
+    (:class:`KeepTopFitted`).
+    """
     arrays = {"valid": report.valid_pred}
     if report.test_pred is not None:
         arrays["test"] = report.test_pred
     meta = {"fold": report.fold, "loss": report.loss, "best_epoch": report.best_epoch, "seconds": report.seconds}
     np.savez(os.path.join(directory, CHECKPOINT_FILE), **arrays, meta=np.array(json.dumps(meta)))
+    if report.model is not None and report.pipeline is not None:
+        from .artifacts import save_fitted
+
+        save_fitted(os.path.join(directory, FITTED_DIR), family=family, model_params=model_params,
+                    n_outputs=report.model_outputs, model=report.model, pipeline=report.pipeline)
 
 
 def _checkpoint_chain(checkpoint: "tune.Checkpoint") -> list["tune.Checkpoint"]:
@@ -138,7 +150,10 @@ def trial_config(flat: Mapping[str, Any], fixed: Mapping[str, Any], stage: str, 
 def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions | None,
               fixed: Mapping[str, Any], stage: str, threads: int | None) -> None:
     """One Tune trial: cross-validate, reporting after every fold, resuming from a checkpoint."""
+    from .config import resolve_config
+
     nested = trial_config(config, fixed, stage, threads)
+    resolved = resolve_config(nested)
     resume: list[FoldReport] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -146,12 +161,12 @@ def trainable(config: dict, *, data: MoaData, folds: Folds, inputs: Predictions 
     reports = list(resume)
     node = ray.get_runtime_context().get_node_id()
     gpus = ",".join(str(g) for g in ray.get_gpu_ids())  # a fractional GPU shows as the id it shares
-    for event in cross_validate(nested, data, folds, inputs, resume=resume):
+    for event in cross_validate(nested, data, folds, inputs, resume=resume, keep_models=True):
         if not isinstance(event, FoldReport):
             continue
         reports.append(event)
         with tempfile.TemporaryDirectory() as directory:
-            _save_fold(directory, event)
+            _save_fold(directory, event, resolved["family"], resolved["model"])
             tune.report({METRIC: event.running_loss, "fold_loss": event.loss, "folds_done": event.folds_done,
                          "fold_losses": ",".join(f"{r.loss:.8f}" for r in reports), "node": node, "gpus": gpus,
                          "n_folds": folds.n_splits},
@@ -312,6 +327,45 @@ class TrialLines(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, "errored")
+
+
+def _drop_fitted(checkpoint: "tune.Checkpoint | None") -> None:
+    """Delete the fitted folds from a trial's checkpoints (its predictions stay: resume needs them)."""
+    if checkpoint is None:
+        return
+    for link in _checkpoint_chain(checkpoint):
+        try:
+            link.filesystem.delete_dir(f"{link.path}/{FITTED_DIR}")
+        except (FileNotFoundError, OSError):
+            pass  # never written (an older sweep), or already deleted
+
+
+class KeepTopFitted(tune.Callback):
+    """Keeps the fitted folds of the ``top_k`` trials that trained every fold; deletes the others'.
+
+    Only those can become the collector's components, and a long sweep's fitted folds would
+    otherwise fill the disk (a few MB per fold and trial). Trials are judged as they end: a partial
+    one (pruned, cut by the budget) loses its folds at once, a completed one when ``top_k`` better
+    ones have completed. An errored trial keeps them (it may be resumed). :func:`run_sweep` makes the
+    same cut again when the experiment ends, for trials that ended in an earlier, killed run.
+    Module-level because Tune pickles callbacks with the experiment state.
+    """
+
+    def __init__(self, top_k: int, n_folds: int) -> None:
+        self.top_k, self.n_folds = int(top_k), int(n_folds)
+        self.kept: list[tuple[float, str, Any]] = []  # (loss, trial id, its latest checkpoint)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        loss = result.get(METRIC)
+        if int(result.get("folds_done", 0)) < self.n_folds or loss is None or not math.isfinite(float(loss)):
+            _drop_fitted(trial.checkpoint)
+            return
+        self.kept.append((float(loss), trial.trial_id, trial.checkpoint))
+        self.kept.sort(key=lambda item: (item[0], item[1]))
+        for _, _, checkpoint in self.kept[self.top_k:]:
+            _drop_fitted(checkpoint)
+        del self.kept[self.top_k:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,12 +545,32 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str,
                "state": state, "loss": metrics.get(METRIC), "folds_done": done,
                "time_s": metrics.get("time_total_s"), "node": metrics.get("node"), "gpus": metrics.get("gpus"),
                "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
-               "path": result.path}
+               "path": result.path, "checkpoint": _relative_checkpoint(result.checkpoint)}
         for k in range(n_folds):
             row[f"fold_{k}_loss"] = fold_losses[k] if k < len(fold_losses) else None
         row.update({f"param.{k}": v for k, v in sorted(config.items())})
         rows.append(row)
     return rows
+
+
+def _relative_checkpoint(checkpoint: "tune.Checkpoint | None") -> str | None:
+    """``trial_<id>/checkpoint_<n>``: a trial's latest checkpoint, relative to its experiment's folder.
+
+    Relative, so the collector finds it under the experiments root recorded in ``sweep.yaml``
+    whether that is a local folder or a URI.
+    """
+    if checkpoint is None:
+        return None
+    return "/".join(checkpoint.path.rstrip("/").split("/")[-2:])
+
+
+def _keep_top_fitted(grid, rows: list[dict[str, Any]], top_k: int) -> None:
+    """The end-of-experiment cut of :class:`KeepTopFitted`: fitted folds stay only with the top ``top_k``."""
+    completed = sorted((r["loss"], i) for i, r in enumerate(rows) if r["state"] == "completed")
+    keep = {i for _, i in completed[:top_k]}
+    for i, result in enumerate(grid):
+        if i not in keep:
+            _drop_fitted(result.checkpoint)
 
 
 def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaData, stage: str,
@@ -571,13 +645,14 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
         skipped: set[str] = set()  # stages a budgeted sweep could not give a completed trial, and those after them
-        spent = False  # a budgeted sweep whose time left cannot pay for the stages left skips them
         for stage_spec in spec.stages:
             if NEEDS_INPUTS.get(stage_spec.stage) in skipped:
                 skipped.add(stage_spec.stage)
                 for family in stage_spec.families:
                     emit(f"[{stage_spec.stage}/{family}] skipped: stage '{NEEDS_INPUTS[stage_spec.stage]}' has no "
                          f"completed trial to feed it")
+                    if plan is not None:
+                        plan.drop(stage_spec.stage, family)
                     write_json(out / stage_spec.stage / family / DONE_MARKER,
                                {"trials": [], "finished": time.time(), "skipped": True})
                 continue
@@ -598,19 +673,19 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         current[family] = (Predictions.load(best_dir), meta)
                         best[(stage_spec.stage, family)] = meta
                     continue
-                if plan is not None and not spent:
+                if plan is not None:
+                    # what this experiment needs to be of use: one full trial; stage 1 also one of stage 2
+                    needed = 2 if stage_spec.stage == "stage1" and any(s.stage == "stage2" for s in spec.stages) else 1
                     try:
-                        plan.check_feasible(len({stage for stage, _ in ahead}))
+                        plan.check_feasible(needed)
                     except BudgetError as exc:
                         if not any(stage != "stage1" for stage, _ in best):
                             raise  # nothing to blend yet: the budget is too small for this sweep
-                        spent = True
-                        emit(f"[sweep] the budget left cannot pay for one trial of each stage left, so the "
-                             f"experiments from {label} on are skipped ({str(exc).split(': ', 1)[1]})")
-                if spent:
-                    emit(f"[{label}] skipped: the budget is spent")
-                    write_json(local_dir / DONE_MARKER, {"trials": [], "finished": time.time(), "skipped": True})
-                    continue
+                        emit(f"[{label}] skipped: the budget left cannot pay for its trials "
+                             f"({str(exc).split(': ', 1)[1]})")
+                        plan.drop(stage_spec.stage, family)
+                        write_json(local_dir / DONE_MARKER, {"trials": [], "finished": time.time(), "skipped": True})
+                        continue
                 space: SearchSpace = spec.spaces[family]
                 run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed_for(family),
                                            stage=stage_spec.stage, threads=threads)
@@ -643,7 +718,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                             name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0, stop=stopper,
                             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                            callbacks=[TrialLines(label, folds.n_splits, emit)]),
+                            callbacks=[TrialLines(label, folds.n_splits, emit),
+                                       KeepTopFitted(spec.collect["top_k"], folds.n_splits)]),
                     )
                     how_many = f"{n_trials} trials" if n_trials else "trials"
                     if slice_s is not None:
@@ -652,6 +728,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                          f"{spec.scheduler.upper()} scheduler, TPE after {n_startup} random trials")
                 grid = tuner.fit()
                 rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits, spec.fixed_for(family))
+                _keep_top_fitted(grid, rows, spec.collect["top_k"])
                 all_rows.extend(rows)
                 _measure(plan, trial_seconds, stage_spec.stage, family, rows)
                 picked = _best_predictions(grid, rows, folds, data, stage_spec.stage, family)
@@ -667,7 +744,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     emit(f"[{label}] best {meta['loss']:.6f} (trial {meta['trial_id']})")
                 else:
                     emit(f"[{label}] no trial completed every fold")
-                write_json(local_dir / DONE_MARKER, {"trials": rows, "finished": time.time()})
+                write_json(local_dir / DONE_MARKER, {"trials": rows, "finished": time.time(),
+                                                     "inputs_digest": inputs_digest(inputs)})
                 _write_trials(out, all_rows)
             needed_later = any(NEEDS_INPUTS.get(s.stage) == stage_spec.stage for s in spec.stages)
             if needed_later and not current:

@@ -38,11 +38,13 @@ def test_bad_budget_in_a_sweep_file(tmp_path, capsys) -> None:
 
 def test_collect_time_and_seeds_follow_the_measured_trial_times() -> None:
     per_stage = {"direct": [10.0, 30.0], "stage3": [4.0]}
-    # direct: 2 components x 2 seeds = 80 s of work on 2 slots -> 40 s; stage3: 2 x 4 s on 2 slots, at least 4 s
-    assert collect_seconds(per_stage, 2, 2) == pytest.approx(40 + 4)
-    assert collect_seconds(per_stage, 1, 1) == pytest.approx(40 + 4)  # one slot: the work one after another
-    assert seeds_that_fit(per_stage, 5, 2, 70.0) == 3 and seeds_that_fit(per_stage, 5, 2, 1000.0) == 5
-    assert seeds_that_fit(per_stage, 5, 2, 1.0) == 1  # never fewer than one: a run needs its ensemble
+    # one seed is the sweep's own trials, reused: nothing to train
+    assert collect_seconds(per_stage, 1, 2) == 0 and seeds_that_fit(per_stage, 5, 2, 0.0) == 1
+    # direct (no inputs) trains its 2nd seed only: 40 s of work on 2 slots, at least its 30 s task; stage3's
+    # inputs then come from 2-seed components, so it trains both seeds: 2 x 4 s on 2 slots, at least 4 s
+    assert collect_seconds(per_stage, 2, 2) == pytest.approx(30 + 4)
+    assert collect_seconds(per_stage, 3, 1) == pytest.approx(80 + 12)  # one slot: the work one after another
+    assert seeds_that_fit(per_stage, 5, 2, 70.0) == 4 and seeds_that_fit(per_stage, 5, 2, 1000.0) == 5
 
 
 def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest() -> None:
@@ -51,23 +53,21 @@ def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest
     assert plan.tail_s == pytest.approx(30.0)  # 5% of 10 min
     assert plan.collect_reserve_s() == pytest.approx(0.35 * 600)  # nothing measured: the whole cap
     plan.record("direct", "mlp", [20.0, 30.0, 40.0])
-    # every experiment costed at the median full trial, 30 s: 3 stages x (3 seeds x 30 s / 2 slots, >= 30 s)
-    assert plan.collect_reserve_s() == pytest.approx(3 * 45.0)
-    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 30 - 135)
-    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 30 - 135) / 3)
-    # trials too slow for three seeds within the cap: fewer seeds, never a starved sweep
-    plan.record("direct", "mlp", [200.0])
-    assert plan.collect_reserve_s() == pytest.approx(3 * 200.0)  # one seed each (the minimum), over the cap
+    # every experiment costed at the median full trial, 30 s; 3 seeds: direct and stage1 train 2 (30 s on
+    # 2 slots), stage2 all 3 (45 s)
+    assert plan.collect_reserve_s() == pytest.approx(30 + 30 + 45)
+    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 30 - 105)
+    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 30 - 105) / 3)
+    # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component
+    plan.drop("stage2", "mlp")
+    assert plan.collect_reserve_s() == pytest.approx(30 + 30)
+    plan.record("stage1", "mlp", [])
+    assert plan.collect_reserve_s() == pytest.approx(30)
+    # trials too slow for more seeds within the cap: one seed, the sweep's own, costing nothing
+    plan.record("direct", "mlp", [500.0])
+    assert plan.collect_reserve_s() == 0 and plan.sweep_deadline() == pytest.approx(1000 + 600 - 30)
     sweep_only = JobPlan(budget, [("direct", "mlp")], collect=False)
     assert sweep_only.sweep_deadline() == budget.deadline and sweep_only.tail_s == 0
-
-
-def test_the_collector_never_repeats_the_sweep_trials_seed() -> None:
-    from moa_tune.collect import fresh_seeds
-
-    assert fresh_seeds((0, 1, 2), trained=0) == (3, 1, 2)
-    assert fresh_seeds((1, 2), trained=0) == (1, 2)
-    assert fresh_seeds((5,), trained=5) == (6,)
 
 
 def test_a_budget_too_small_for_one_trial_per_stage_is_refused_with_what_it_would_need() -> None:
@@ -76,8 +76,8 @@ def test_a_budget_too_small_for_one_trial_per_stage_is_refused_with_what_it_woul
     plan = JobPlan(Budget(300.0, started=1000.0), [("stage1", "mlp"), ("stage2", "mlp"), ("stage3", "linear")],
                    n_seeds=1, slots=2)
     plan.record("stage1", "mlp", [30.0])
-    # kept: 15 s tail + 3 stages x one 30 s retraining = 105 s; the sweep must end by 1195
-    assert plan.sweep_deadline() == pytest.approx(1195.0)
-    plan.check_feasible(2, now=1100.0)  # 95 s left: two stages of one 30 s trial fit
-    with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 stage.*give at least --budget 8m"):
-        plan.check_feasible(2, now=1150.0)  # 45 s left
+    # kept: the 15 s tail (one seed is the sweep's own trials); the sweep must end by 1285
+    assert plan.sweep_deadline() == pytest.approx(1285.0)
+    plan.check_feasible(2, now=1200.0)  # 85 s left: two stages of one 30 s trial fit
+    with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 more are needed.*give at least --budget 8m"):
+        plan.check_feasible(2, now=1240.0)  # 45 s left

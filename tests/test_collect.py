@@ -39,7 +39,7 @@ SWEEP = {
               "mlp": {"model.hidden_size": 32, **TECHNIQUES},
               "resnet3head": {"model.hidden_size": 32, "model.bottleneck_size": 16},
               "catboost": {"model.iterations": 15, "model.depth": 3}},
-    "stages": [{"stage": "stage1", "families": ["linear"], "trials": 2},
+    "stages": [{"stage": "stage1", "families": ["linear"], "trials": 3},  # one trial outside the top 2
                {"stage": "stage2", "families": ["linear", "mlp", "resnet3head", "catboost"], "trials": 2},
                {"stage": "stage3", "families": ["linear"], "trials": 2}],
     "collect": {"top_k": 2},
@@ -71,7 +71,7 @@ STAGE2 = [f"stage2-{family}-r{rank}" for family in ("linear", "mlp", "resnet3hea
 
 def test_collect_retrains_top_k_with_every_seed(collected) -> None:
     out = collected["out"]
-    table = pd.read_csv(out / "collect" / "components.csv")
+    table = pd.read_csv(out / "collect" / "components.csv", dtype={"reused_seeds": str})
     assert sorted(table.id) == sorted(["stage1-linear-r1", "stage1-linear-r2", *STAGE2, "stage3-linear-r1",
                                        "stage3-linear-r2"])
     assert (table.n_seeds == 2).all()
@@ -88,13 +88,28 @@ def test_collect_retrains_top_k_with_every_seed(collected) -> None:
         truth = data.nonscored if row.stage == "stage1" else data.scored
         keep = truth[used].sum(axis=0) > 0 if row.stage == "stage1" else np.ones(truth.shape[1], bool)
         assert row.cv_loss == pytest.approx(log_loss(truth[used][:, keep], pred.oof[used][:, keep]), abs=1e-6)
-        if row.id == "stage1-linear-r1":  # no inputs: the sweep's seed would retrain the best trial exactly ...
-            best = Predictions.load(out / "stage1" / "linear" / "best")
-            trial_loss = log_loss(truth[used][:, keep], best.oof[used][:, keep])
-            assert all(float(x) != pytest.approx(trial_loss, abs=1e-9) for x in row.seed_losses.split(";"))
-    # ... so the collector swaps the sweep's training seed (0) for a fresh one: no work is done twice
-    assert json.loads((out / "collect" / "blend.json").read_text())["seeds"] == [2, 1]
+        if row.stage == "stage1":  # no inputs: the sweep's seed (0) would repeat the trial exactly ...
+            assert str(row.reused_seeds) == "0" and f"{row.id} seed 0: the sweep's trial" in collected["stdout"]
+            seed0 = float(row.seed_losses.split(";")[0])
+            if row.rank == 1:  # ... so the trial itself is the component's seed 0, predictions and all
+                best = Predictions.load(out / "stage1" / "linear" / "best")
+                assert seed0 == pytest.approx(log_loss(truth[used][:, keep], best.oof[used][:, keep]), abs=1e-7)
+        else:  # stage 2 learns from the 2-seed stage-1 blend, not the sweep's inputs: trained with both seeds
+            assert pd.isna(row.reused_seeds)
+    assert json.loads((out / "collect" / "blend.json").read_text())["seeds"] == [0, 1]
+    assert collected["stdout"].count("reused") == 2
     assert "blend (" in collected["stdout"] and "cross-fitted" in collected["stdout"]
+
+
+def test_only_the_top_k_trials_keep_their_fitted_folds(collected) -> None:
+    """The sweep's checkpoints keep each fold's pipeline and network for the trials the collector may reuse."""
+    trials = pd.read_csv(collected["out"] / "trials.csv")
+    for (stage, family), mine in trials.groupby(["stage", "family"]):
+        top = set(mine[mine.state == "completed"].sort_values("loss").trial_id.iloc[:2])
+        for row in mine.itertuples():
+            fitted = sorted(Path(row.path).glob("checkpoint_*/fitted/model.json"))
+            assert len(fitted) == (3 if row.trial_id in top else 0), (stage, family, row.trial_id)
+            assert len(list(Path(row.path).glob("checkpoint_*/folds_done.npz"))) == row.folds_done  # resume needs these
 
 
 def test_stages_chain_on_the_collected_predictions(collected) -> None:
