@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -65,9 +66,10 @@ class Candidate:
     sweep_loss: float
     config: dict[str, Any]
     sweep_seconds: float | None = None      # the trial's wall time: what one retraining costs
-    checkpoint: str | None = None           # its latest checkpoint, relative to its experiment's folder
+    trial_dir: str | None = None            # its folder, relative to its experiment's folder
     inputs_digest: str | None = None        # the inputs it trained on (moa_tune.stages.inputs_digest)
     node: str | None = None                 # the Ray node it ran on
+    fold_losses: tuple[float, ...] = ()     # as the sweep recorded them
 
     @property
     def trained_seed(self) -> int:
@@ -124,7 +126,9 @@ def top_configs(sweep_dir: Path, spec: SweepSpec, stage: str, family: str, k: in
         seconds = row.get("time_s")
         picked.append(Candidate(stage, family, rank, str(row["trial_id"]), float(row["loss"]), config,
                                 float(seconds) if isinstance(seconds, (int, float)) else None,
-                                row.get("checkpoint"), record.get("inputs_digest"), row.get("node")))
+                                row.get("trial_dir"), record.get("inputs_digest"), row.get("node"),
+                                tuple(math.nan if row.get(f"fold_{i}_loss") is None else float(row[f"fold_{i}_loss"])
+                                      for i in range(int(row["folds_done"])))))
     return picked
 
 
@@ -178,31 +182,34 @@ def reuse_trial(candidate: Candidate, experiments: str, data: MoaData, folds: Fo
     previous stage was collected with several seeds or families): then it is retrained.
     ``experiments``: the sweep's experiments root (a folder or URI).
     """
-    from ray import tune
+    import pyarrow.fs as pafs
 
     from .config import resolve_config
     from .stages import inputs_digest, plan
-    from .sweep import CHECKPOINT_FILE, FITTED_DIR, _checkpoint_chain, _load_reports
+    from .sweep import CHECKPOINT_FILE, FITTED_DIR, reports_of, trial_checkpoints
     from .train import assemble_predictions
 
-    if candidate.checkpoint is None or inputs_digest(inputs) != candidate.inputs_digest:
+    if candidate.trial_dir is None or inputs_digest(inputs) != candidate.inputs_digest:
         return None
-    latest = tune.Checkpoint(f"{experiments}/{candidate.stage}/{candidate.family}/{candidate.checkpoint}")
-    files: dict[str, bytes] = {}
     try:
-        reports = _load_reports(latest, folds)
-        for link in _checkpoint_chain(latest):
-            with link.as_directory() as directory:
+        filesystem, path = pafs.FileSystem.from_uri(f"{experiments}/{candidate.stage}/{candidate.family}/"
+                                                    f"{candidate.trial_dir}")
+        checkpoints = trial_checkpoints(filesystem, path)
+        files: dict[int, dict[str, bytes]] = {}  # fold -> its fitted files, from the last checkpoint holding it
+        for checkpoint in checkpoints:
+            with checkpoint.as_directory() as directory:
                 fitted = Path(directory) / FITTED_DIR
                 with np.load(Path(directory) / CHECKPOINT_FILE, allow_pickle=False) as archive:
-                    fold = json.loads(str(archive["meta"]))["fold"]
-                for path in sorted(fitted.rglob("*")):
-                    if path.is_file():
-                        files[f"fold_{fold}/{path.relative_to(fitted).as_posix()}"] = path.read_bytes()
+                    fold = int(json.loads(str(archive["meta"]))["fold"])
+                files[fold] = {f"fold_{fold}/{p.relative_to(fitted).as_posix()}": p.read_bytes()
+                               for p in sorted(fitted.rglob("*")) if p.is_file()}
+        reports = reports_of(checkpoints, folds)
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return None
-    if sorted(r.fold for r in reports) != list(range(folds.n_splits)) or \
-            {name.split("/")[0] for name in files} != {f"fold_{k}" for k in range(folds.n_splits)}:
+    # every fold, fitted, and the very folds the sweep recorded for this trial
+    if sorted(files) != list(range(folds.n_splits)) or not all(files.values()) or \
+            len(reports) != len(candidate.fold_losses) or \
+            not np.allclose([r.loss for r in reports], candidate.fold_losses, rtol=0, atol=1e-7):
         return None
     config = resolve_config(candidate.config)
     spec = plan(config, data, folds, inputs)
@@ -210,7 +217,8 @@ def reuse_trial(candidate: Candidate, experiments: str, data: MoaData, folds: Fo
     return {"seed": candidate.trained_seed, "oof": predictions.oof, "test": predictions.test,
             "loss": _component_loss(data, folds, candidate.stage, predictions.oof, spec.restore),
             "columns": list(predictions.columns), "output": spec.output.tolist(), "restore": spec.restore.tolist(),
-            "config": config, "files": files, "node": candidate.node or "sweep", "reused": True}
+            "config": config, "files": {k: v for fold in files.values() for k, v in fold.items()},
+            "node": candidate.node or "sweep", "reused": True}
 
 
 def _retrain_task(config: Mapping[str, Any], data: MoaData, folds: Folds, inputs: Predictions | None, seed: int,
@@ -365,8 +373,8 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
                  f"{fit} of {len(seeds)} seeds fit (estimated {format_seconds(collect_seconds(per_stage, fit, plan.slots))})")
         seeds = seeds[:fit]
     n_tasks = sum(len(c) for _, c in plan_by_stage) * len(seeds)
-    emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {list(seeds)}: {n_tasks} retrainings "
-         f"of {folds.n_splits} folds")
+    emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {list(seeds)}: {n_tasks} component seeds "
+         f"of {folds.n_splits} folds (a sweep trial that matches one is reused, the others trained)")
 
     _quiet()
     for stale in [*sweep_dir.glob(".ensemble.tmp-*"), *sweep_dir.glob(".collect.tmp-*")]:

@@ -116,8 +116,13 @@ def _checkpoint_chain(checkpoint: "tune.Checkpoint") -> list["tune.Checkpoint"]:
 
 def _load_reports(checkpoint: "tune.Checkpoint", folds: Folds) -> list[FoldReport]:
     """The finished folds of a trial, from its chain of checkpoints (see :func:`_checkpoint_chain`)."""
+    return reports_of(_checkpoint_chain(checkpoint), folds)
+
+
+def reports_of(checkpoints: list["tune.Checkpoint"], folds: Folds) -> list[FoldReport]:
+    """The folds held by ``checkpoints`` (oldest first; a later one of the same fold wins) as reports."""
     by_fold: dict[int, tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = {}
-    for link in _checkpoint_chain(checkpoint):
+    for link in checkpoints:
         with link.as_directory() as directory:
             with np.load(os.path.join(directory, CHECKPOINT_FILE), allow_pickle=False) as archive:
                 meta = json.loads(str(archive["meta"]))
@@ -235,51 +240,76 @@ class SliceStopper(tune.Stopper):
 
     An experiment whose slice runs out before any trial finished every fold would leave its stage
     without a best configuration (and the next stage without inputs), so it goes on past its slice
-    until one has, but never past ``hard_s`` (the sweep's own deadline). Trials still running when it
-    stops are cut: they did not train every fold, so they are neither completed nor best (the Optuna
-    study holds them as PRUNED or RUNNING). Module-level because Tune pickles it with the experiment
-    state; the clock is kept as seconds left, counted down between checks, so a resumed experiment
-    goes on with what its slice had left (as Tune's own TimeoutStopper does).
+    until one has, but never past ``hard_s`` (the sweep's own deadline). Past its slice, it also
+    goes on while a trial whose running loss beats the best finished trial is still training: a
+    cheap, poor configuration that happened to finish first must not cut a better, slower one.
+    Trials still running when it stops are cut: they did not train every fold, so they are neither
+    completed nor best (the Optuna study holds them as PRUNED or RUNNING). Module-level because Tune
+    pickles it with the experiment state; the clock is kept as seconds left, counted down between
+    checks, so a resumed experiment goes on with what its slice had left (as Tune's own
+    TimeoutStopper does).
     """
 
-    def __init__(self, slice_s: float, hard_s: float, n_folds: int) -> None:
+    def __init__(self, slice_s: float, hard_s: float, n_folds: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.slice_left, self.hard_left, self.n_folds = float(slice_s), float(hard_s), int(n_folds)
         self.completed = 0
+        self.best = math.inf                     # CV loss of the best trial that trained every fold
         self.folds: dict[str, int] = {}
-        self._last = time.monotonic()
+        self.live: dict[str, tuple[float, float, float]] = {}  # unfinished trial -> (seen at, s per fold, loss)
+        self._clock = clock
+        self._last = clock()
+
+    def _tick(self) -> None:
+        now = self._clock()
+        spent, self._last = now - self._last, now
+        self.slice_left -= spent
+        self.hard_left -= spent
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         """Cut a trial that cannot help within the budget.
 
         A trial whose folds so far say it cannot train the rest before the sweep's deadline is cut
         at once (its remaining folds would be wasted), and so is one that cannot finish within the
-        slice once another trial has finished. Past the slice without a finished trial, only the
-        furthest trial goes on.
+        slice once another trial has finished, unless its running loss beats that trial's. Past the
+        slice without a finished trial, only the furthest trial goes on.
         """
+        self._tick()
         done = int(result.get("folds_done", 0))
+        loss = float(result[METRIC]) if result.get(METRIC) is not None else math.inf
         self.folds[trial_id] = done
         if done >= self.n_folds:
             self.completed += 1
+            self.best = min(self.best, loss)
+            self.live.pop(trial_id, None)
             return False
         per_fold = float(result.get("time_total_s") or 0.0) / max(1, done)
         still_needs = per_fold * (self.n_folds - done)
-        if still_needs > self.hard_left or (self.completed and still_needs > self.slice_left):
-            return True
-        if self.slice_left > 0 or self.completed:
-            return False
-        leader = max(self.folds, key=lambda t: self.folds[t])
-        return trial_id != leader and self.folds[trial_id] < self.folds[leader]
+        cut = still_needs > self.hard_left or (self.completed and loss >= self.best and still_needs > self.slice_left)
+        if not cut and self.slice_left <= 0 and not self.completed:
+            leader = max(self.folds, key=lambda t: self.folds[t])
+            cut = trial_id != leader and self.folds[trial_id] < self.folds[leader]
+        if cut:
+            self.live.pop(trial_id, None)
+        else:
+            self.live[trial_id] = (self._clock(), per_fold, loss)
+        return cut
 
     def stop_all(self) -> bool:
-        now = time.monotonic()
-        spent, self._last = now - self._last, now
-        self.slice_left -= spent
-        self.hard_left -= spent
-        return self.hard_left <= 0 or (self.slice_left <= 0 and self.completed > 0)
+        self._tick()
+        if self.hard_left <= 0:
+            return True
+        if self.slice_left > 0 or not self.completed:
+            return False
+        # past the slice with a finished trial: go on only while one that beats it is still training (it
+        # reported within about two of its folds; a trial the scheduler stopped reports no more)
+        now = self._clock()
+        return not any(loss < self.best and now - seen <= 2 * per_fold + 5.0
+                       for seen, per_fold, loss in self.live.values())
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._last = time.monotonic()
+        self._last = self._clock()
+        self.live = {}  # times of another process's clock; the resumed trials report again
 
 
 def startup_trials(slice_s: float, slots: int, trial_s: float | None) -> int:
@@ -329,13 +359,31 @@ class TrialLines(tune.Callback):
         self._line(trial, "errored")
 
 
-def _drop_fitted(checkpoint: "tune.Checkpoint | None") -> None:
+def trial_checkpoints(filesystem: Any, trial_path: str) -> list["tune.Checkpoint"]:
+    """Every checkpoint folder of a trial, oldest first, whether or not Tune registered it.
+
+    Tune registers a trial's checkpoint when it processes the report; the last one of a trial that
+    its experiment stopped at that moment can be on disk and unregistered (``Result.checkpoint``
+    then names the one before), so a finished trial's folds are found by listing its folder.
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(trial_path))
+    except (FileNotFoundError, OSError):
+        return []
+    found = sorted((int(m.group(1)), e.path) for e in entries
+                   if e.type == pafs.FileType.Directory and (m := re.fullmatch(r"checkpoint_(\d+)", e.base_name)))
+    return [tune.Checkpoint(path=path, filesystem=filesystem) for _, path in found]
+
+
+def _drop_fitted(filesystem: Any, trial_path: str | None) -> None:
     """Delete the fitted folds from a trial's checkpoints (its predictions stay: resume needs them)."""
-    if checkpoint is None:
+    if not trial_path:
         return
-    for link in _checkpoint_chain(checkpoint):
+    for checkpoint in trial_checkpoints(filesystem, trial_path):
         try:
-            link.filesystem.delete_dir(f"{link.path}/{FITTED_DIR}")
+            filesystem.delete_dir(f"{checkpoint.path}/{FITTED_DIR}")
         except (FileNotFoundError, OSError):
             pass  # never written (an older sweep), or already deleted
 
@@ -353,18 +401,19 @@ class KeepTopFitted(tune.Callback):
 
     def __init__(self, top_k: int, n_folds: int) -> None:
         self.top_k, self.n_folds = int(top_k), int(n_folds)
-        self.kept: list[tuple[float, str, Any]] = []  # (loss, trial id, its latest checkpoint)
+        self.kept: list[tuple[float, str, Any, str]] = []  # (loss, trial id, its filesystem and folder)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         loss = result.get(METRIC)
+        filesystem = trial.storage.storage_filesystem
         if int(result.get("folds_done", 0)) < self.n_folds or loss is None or not math.isfinite(float(loss)):
-            _drop_fitted(trial.checkpoint)
+            _drop_fitted(filesystem, trial.path)
             return
-        self.kept.append((float(loss), trial.trial_id, trial.checkpoint))
+        self.kept.append((float(loss), trial.trial_id, filesystem, trial.path))
         self.kept.sort(key=lambda item: (item[0], item[1]))
-        for _, _, checkpoint in self.kept[self.top_k:]:
-            _drop_fitted(checkpoint)
+        for _, _, fs, path in self.kept[self.top_k:]:
+            _drop_fitted(fs, path)
         del self.kept[self.top_k:]
 
 
@@ -545,23 +594,12 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str,
                "state": state, "loss": metrics.get(METRIC), "folds_done": done,
                "time_s": metrics.get("time_total_s"), "node": metrics.get("node"), "gpus": metrics.get("gpus"),
                "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
-               "path": result.path, "checkpoint": _relative_checkpoint(result.checkpoint)}
+               "path": result.path, "trial_dir": Path(result.path).name}
         for k in range(n_folds):
             row[f"fold_{k}_loss"] = fold_losses[k] if k < len(fold_losses) else None
         row.update({f"param.{k}": v for k, v in sorted(config.items())})
         rows.append(row)
     return rows
-
-
-def _relative_checkpoint(checkpoint: "tune.Checkpoint | None") -> str | None:
-    """``trial_<id>/checkpoint_<n>``: a trial's latest checkpoint, relative to its experiment's folder.
-
-    Relative, so the collector finds it under the experiments root recorded in ``sweep.yaml``
-    whether that is a local folder or a URI.
-    """
-    if checkpoint is None:
-        return None
-    return "/".join(checkpoint.path.rstrip("/").split("/")[-2:])
 
 
 def _keep_top_fitted(grid, rows: list[dict[str, Any]], top_k: int) -> None:
@@ -570,7 +608,7 @@ def _keep_top_fitted(grid, rows: list[dict[str, Any]], top_k: int) -> None:
     keep = {i for _, i in completed[:top_k]}
     for i, result in enumerate(grid):
         if i not in keep:
-            _drop_fitted(result.checkpoint)
+            _drop_fitted(result.filesystem, result.path)
 
 
 def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaData, stage: str,
@@ -580,7 +618,11 @@ def _best_predictions(grid, rows: list[dict[str, Any]], folds: Folds, data: MoaD
     if not completed:
         return None
     row, result = min(completed, key=lambda pair: pair[0]["loss"])
-    reports = _load_reports(result.checkpoint, folds)
+    # every checkpoint in the trial's folder: the last one may be on disk but not registered with Tune
+    reports = reports_of(trial_checkpoints(result.filesystem, result.path), folds)
+    if len(reports) != folds.n_splits:
+        raise MoaTuneError(f"trial {row['trial_id']} of {stage}/{family} finished {folds.n_splits} folds but its "
+                           f"checkpoints in {result.path} hold {len(reports)}")
     columns = data.nonscored_columns if stage == "stage1" else data.scored_columns
     predictions = assemble_predictions(reports, data, folds, columns, stage, family)
     return predictions, {"trial_id": row["trial_id"], "loss": row["loss"], "config": result.config}

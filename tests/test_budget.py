@@ -81,3 +81,55 @@ def test_a_budget_too_small_for_one_trial_per_stage_is_refused_with_what_it_woul
     plan.check_feasible(2, now=1200.0)  # 85 s left: two stages of one 30 s trial fit
     with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 more are needed.*give at least --budget 8m"):
         plan.check_feasible(2, now=1240.0)  # 45 s left
+
+
+class Clock:
+    """A clock the test moves by hand (the stopper counts its slice down between checks)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_slice_stopper_lets_a_better_slower_trial_finish_after_a_poor_fast_one() -> None:
+    from moa_tune.sweep import SliceStopper
+
+    clock = Clock()
+    stopper = SliceStopper(slice_s=100.0, hard_s=1000.0, n_folds=5, clock=clock)
+    clock.now = 40.0
+    assert not stopper("good", {"loss": 0.009, "folds_done": 1, "time_total_s": 40.0})  # 160 s to go: fine
+    clock.now = 60.0
+    assert not stopper("cheap", {"loss": 0.012, "folds_done": 5, "time_total_s": 60.0})  # a poor, fast trial ends
+    clock.now = 80.0
+    # a better trial is not cut for needing more than the slice's 20 s left: it beats the finished one
+    assert not stopper("good", {"loss": 0.0092, "folds_done": 2, "time_total_s": 80.0})
+    assert stopper("slow", {"loss": 0.013, "folds_done": 1, "time_total_s": 70.0})  # 280 s to go, and no better: cut
+    clock.now = 130.0  # past the slice: the experiment goes on while the better trial trains
+    assert not stopper.stop_all()
+    assert not stopper("good", {"loss": 0.0091, "folds_done": 3, "time_total_s": 120.0})
+    clock.now = 135.0
+    assert stopper("worse", {"loss": 0.02, "folds_done": 1, "time_total_s": 30.0})  # past the slice, no better: cut
+    assert not stopper.stop_all()
+    clock.now = 200.0
+    assert not stopper("good", {"loss": 0.0090, "folds_done": 5, "time_total_s": 200.0})
+    assert stopper.best == 0.0090 and stopper.stop_all()  # the better trial finished: the experiment ends
+
+
+def test_the_slice_stopper_ends_once_a_better_trial_stops_reporting_and_at_the_deadline() -> None:
+    from moa_tune.sweep import SliceStopper
+
+    clock = Clock()
+    stopper = SliceStopper(slice_s=50.0, hard_s=300.0, n_folds=5, clock=clock)
+    clock.now = 30.0
+    stopper("a", {"loss": 0.01, "folds_done": 5, "time_total_s": 30.0})
+    clock.now = 45.0
+    stopper("b", {"loss": 0.008, "folds_done": 1, "time_total_s": 20.0})
+    clock.now = 60.0
+    assert not stopper.stop_all()  # past the slice, b beats a and reported recently
+    clock.now = 120.0
+    assert stopper.stop_all()  # b stopped reporting (ASHA stopped it): nothing better is training
+    # a trial that cannot finish before the sweep's deadline is cut, however good
+    late = SliceStopper(slice_s=50.0, hard_s=100.0, n_folds=5, clock=Clock())
+    assert late("c", {"loss": 0.001, "folds_done": 1, "time_total_s": 40.0})

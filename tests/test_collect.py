@@ -97,7 +97,7 @@ def test_collect_retrains_top_k_with_every_seed(collected) -> None:
         else:  # stage 2 learns from the 2-seed stage-1 blend, not the sweep's inputs: trained with both seeds
             assert pd.isna(row.reused_seeds)
     assert json.loads((out / "collect" / "blend.json").read_text())["seeds"] == [0, 1]
-    assert collected["stdout"].count("reused") == 2
+    assert collected["stdout"].count(" reused, CV ") == 2
     assert "blend (" in collected["stdout"] and "cross-fitted" in collected["stdout"]
 
 
