@@ -5,7 +5,8 @@ that fits one dataset and cluster is wrong for the next. So ``moa-tune run --bud
 the whole job (sweep, collect, export, predict, report) and the job plans as it goes:
 
 - the *tail* (export, prediction, report, and the collector's own overhead of starting tasks and
-  blending) gets a small reserve: 5% of the budget, at least 15 s;
+  blending) gets a small reserve: 8% of the budget, at least 15 s (blending on full-size data
+  takes seconds per component, and a run's last minute must not overrun);
 - the *collector* gets what training the best configurations with its further seeds will take,
   estimated from the times of the sweep's own trials (a retraining is one trial's work), capped
   at ``collect_share`` of the budget. A component's first seed is its sweep trial, reused, so one
@@ -143,7 +144,7 @@ class JobPlan:
     slots: int = 1
     collect: bool = True
     collect_share: float = 0.35
-    tail_share: float = 0.05
+    tail_share: float = 0.08
     tail_min_s: float = 15.0
     #: (stage, family) -> full-CV seconds of its completed trials, as measured
     measured: dict[tuple[str, str], list[float]] = field(default_factory=dict)

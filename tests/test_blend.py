@@ -65,7 +65,7 @@ def test_blend_reports_both_methods_and_chooses_by_cross_fitted_loss() -> None:
     y, comps = noisy_components(rows=500)
     fold = np.arange(len(y)) % 5
     result = blend(comps, y, fold)
-    assert set(result.methods) == {"caruana", "slsqp"}
+    assert {"caruana", "slsqp"} <= set(result.methods) <= {"caruana", "slsqp", "caruana-pruned", "slsqp-pruned"}
     chosen = result.methods[result.chosen]
     assert chosen.cross_fitted_loss == min(m.cross_fitted_loss for m in result.methods.values())
     for m in result.methods.values():
@@ -75,3 +75,21 @@ def test_blend_reports_both_methods_and_chooses_by_cross_fitted_loss() -> None:
     doc = result.to_json()
     assert doc["chosen"] == result.chosen and sum(doc["methods"][result.chosen]["weights"].values()) == pytest.approx(1)
     assert doc["best_component"]["loss"] == pytest.approx(min(result.component_losses.values()))
+
+
+def test_a_component_stays_only_where_it_lowers_the_cross_fitted_loss() -> None:
+    """A component that only fits noise in-sample is left out; the others keep their weights."""
+    y, comps = noisy_components(rows=400)
+    rng = np.random.default_rng(1)
+    # a component of pure noise around the base rate: in-sample weights give it a little, out of fold it hurts
+    comps["noise"] = np.clip(y.mean() + rng.normal(0, 0.05, y.shape), 0.01, 0.99).astype(np.float32)
+    fold = np.arange(len(y)) % 5
+    result = blend(comps, y, fold)
+    unpruned = min((m for name, m in result.methods.items() if not name.endswith("-pruned")),
+                   key=lambda m: m.cross_fitted_loss)
+    assert result.chosen.endswith("-pruned")
+    assert result.weights["noise"] == 0 and result.weights["useless"] == 0
+    assert result.weights["a"] > 0 and result.weights["b"] > 0 and sum(result.weights.values()) == pytest.approx(1)
+    assert result.cross_fitted_loss <= unpruned.cross_fitted_loss
+    # the pruned blend's cross-fitted predictions are what its figure says
+    assert log_loss(y, result.cross_fitted) == pytest.approx(result.cross_fitted_loss, abs=1e-9)

@@ -50,14 +50,14 @@ def test_collect_time_and_seeds_follow_the_measured_trial_times() -> None:
 def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest() -> None:
     budget = Budget(600.0, started=1000.0)
     plan = JobPlan(budget, [("direct", "mlp"), ("stage1", "mlp"), ("stage2", "mlp")], top_k=1, n_seeds=3, slots=2)
-    assert plan.tail_s == pytest.approx(30.0)  # 5% of 10 min
+    assert plan.tail_s == pytest.approx(48.0)  # 8% of 10 min
     assert plan.collect_reserve_s() == pytest.approx(0.35 * 600)  # nothing measured: the whole cap
     plan.record("direct", "mlp", [20.0, 30.0, 40.0])
     # every experiment costed at the median full trial, 30 s; 3 seeds: direct and stage1 train 2 (30 s on
     # 2 slots), stage2 all 3 (45 s)
     assert plan.collect_reserve_s() == pytest.approx(30 + 30 + 45)
-    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 30 - 105)
-    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 30 - 105) / 3)
+    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 48 - 105)
+    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 48 - 105) / 3)
     # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component
     plan.drop("stage2", "mlp")
     assert plan.collect_reserve_s() == pytest.approx(30 + 30)
@@ -65,7 +65,7 @@ def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest
     assert plan.collect_reserve_s() == pytest.approx(30)
     # trials too slow for more seeds within the cap: one seed, the sweep's own, costing nothing
     plan.record("direct", "mlp", [500.0])
-    assert plan.collect_reserve_s() == 0 and plan.sweep_deadline() == pytest.approx(1000 + 600 - 30)
+    assert plan.collect_reserve_s() == 0 and plan.sweep_deadline() == pytest.approx(1000 + 600 - 48)
     sweep_only = JobPlan(budget, [("direct", "mlp")], collect=False)
     assert sweep_only.sweep_deadline() == budget.deadline and sweep_only.tail_s == 0
 
@@ -76,10 +76,10 @@ def test_a_budget_too_small_for_one_trial_per_stage_is_refused_with_what_it_woul
     plan = JobPlan(Budget(300.0, started=1000.0), [("stage1", "mlp"), ("stage2", "mlp"), ("stage3", "linear")],
                    n_seeds=1, slots=2)
     plan.record("stage1", "mlp", [30.0])
-    # kept: the 15 s tail (one seed is the sweep's own trials); the sweep must end by 1285
-    assert plan.sweep_deadline() == pytest.approx(1285.0)
-    plan.check_feasible(2, now=1200.0)  # 85 s left: two stages of one 30 s trial fit
-    with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 more are needed.*give at least --budget 8m"):
+    # kept: the 24 s tail (one seed is the sweep's own trials); the sweep must end by 1276
+    assert plan.sweep_deadline() == pytest.approx(1276.0)
+    plan.check_feasible(2, now=1200.0)  # 76 s left: two stages of one 30 s trial fit
+    with pytest.raises(BudgetError, match=r"too small.*took 30 s.*2 more are needed.*give at least --budget 9m"):
         plan.check_feasible(2, now=1240.0)  # 45 s left
 
 
