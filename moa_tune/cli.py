@@ -361,7 +361,7 @@ def sweep(
     """Tune every family x stage of a sweep file on Ray Tune (OptunaSearch + fold-level ASHA)."""
     from dataclasses import replace
 
-    from .budget import Budget, JobPlan, parse_budget
+    from .budget import Budget, JobPlan, format_seconds, parse_budget
     from .errors import ConfigError
     from .sweep_spec import load_sweep
 
@@ -390,8 +390,21 @@ def sweep(
     from .sweep import load_sweep_data, run_sweep
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+    left = None
+    if resume is not None and budget_s is None:  # a budgeted sweep goes on with what its budget had left
+        from .sweep import resumed_budget
+
+        left = resumed_budget(resume)
     budget_s = budget_s if budget_s is not None else spec.budget_s
-    plan = None if budget_s is None else JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
+    plan = None
+    if left is not None:
+        if left.left() <= 0:
+            raise ConfigError(f"{resume}: this sweep spent its {format_seconds(left.total_s)} budget; give it more "
+                              f"time with --budget (counted from now)")
+        plan = JobPlan(left, spec.experiments(), collect=False)
+        _emit(f"resuming with {format_seconds(left.left())} of the {format_seconds(left.total_s)} budget left")
+    elif budget_s is not None:
+        plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
     if plan is not None:
         plan.check_feasible(1)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,

@@ -48,7 +48,7 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from .budget import BUDGET_KEY, BudgetError, JobPlan, format_seconds
+from .budget import BUDGET_KEY, Budget, BudgetError, JobPlan, format_seconds
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .folds import Folds
@@ -856,3 +856,25 @@ def resume_spec(path: str | os.PathLike) -> SweepSpec:
     from .sweep_spec import SEARCH_SPACES
 
     return parse_sweep(raw, str(recorded), SEARCH_SPACES / "sweeps")
+
+
+def resumed_budget(path: str | os.PathLike) -> Budget | None:
+    """The budget of an interrupted budgeted sweep, with the time it had spent already counted.
+
+    ``sweep.yaml`` records the budget and when it started; the sweep was last at work when it last
+    wrote a file (its results folder, or Tune's experiment state under a local experiments root,
+    which Tune refreshes every few seconds). A resumed sweep gets what was left then, counted from
+    now: the time between the interruption and the resume is not the sweep's.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load((path / "sweep.yaml").read_text())
+        recorded = raw.get(BUDGET_KEY) if isinstance(raw, dict) else None
+        total, started = float(recorded["total_s"]), float(recorded["started"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+    roots = [path] + [Path(root) for root in [raw.get(STORAGE_KEY)] if root and "://" not in str(root)]
+    last = max((f.stat().st_mtime for root in roots if root.is_dir() for f in root.rglob("*") if f.is_file()),
+               default=started)
+    spent = min(total, max(0.0, last - started))
+    return Budget(total, started=time.time() - spent)

@@ -133,3 +133,28 @@ def test_the_slice_stopper_ends_once_a_better_trial_stops_reporting_and_at_the_d
     # a trial that cannot finish before the sweep's deadline is cut, however good
     late = SliceStopper(slice_s=50.0, hard_s=100.0, n_folds=5, clock=Clock())
     assert late("c", {"loss": 0.001, "folds_done": 1, "time_total_s": 40.0})
+
+
+def test_a_resumed_budgeted_sweep_goes_on_with_what_its_budget_had_left(tmp_path, capsys) -> None:
+    import os
+    import time
+
+    import yaml
+
+    from moa_tune.sweep import resumed_budget
+
+    started = time.time() - 1000.0  # interrupted 200 s in, resumed 800 s later
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "b", "data": {"synth": "tiny"}, "stages": [{"stage": "direct", "families": ["linear"]}],
+        "_budget": {"total_s": 600.0, "started": started}}))
+    os.utime(tmp_path / "sweep.yaml", (started + 1, started + 1))
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "direct" / "trials.csv").write_text("x\n")
+    os.utime(tmp_path / "direct" / "trials.csv", (started + 200, started + 200))
+    budget = resumed_budget(tmp_path)
+    assert budget is not None and budget.total_s == 600 and budget.left() == pytest.approx(400, abs=2)
+    assert resumed_budget(tmp_path / "nothing") is None
+    # a sweep that spent its whole budget is refused in one line, with what to do
+    os.utime(tmp_path / "direct" / "trials.csv", (started + 900, started + 900))
+    code, _, err = run_cli(["sweep", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "spent its 10.0 min budget" in err and "--budget" in err and len(err.strip().splitlines()) == 1
