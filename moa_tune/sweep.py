@@ -101,17 +101,10 @@ def _checkpoint_chain(checkpoint: "tune.Checkpoint") -> list["tune.Checkpoint"]:
     pointing at a deleted checkpoint ("Could not recover from checkpoint"). Checkpoints written after
     ``checkpoint`` (by a run killed before its snapshot) are ignored and rewritten.
     """
-    import pyarrow.fs as pafs
-
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
     last = int(name.rpartition("_")[2])
-    entries = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
-    chain = []
-    for entry in entries:
-        found = re.fullmatch(r"checkpoint_(\d+)", entry.base_name)
-        if entry.type == pafs.FileType.Directory and found and int(found.group(1)) <= last:
-            chain.append((int(found.group(1)), entry.path))
-    return [tune.Checkpoint(path=path, filesystem=checkpoint.filesystem) for _, path in sorted(chain)]
+    return [c for c in trial_checkpoints(checkpoint.filesystem, parent)
+            if int(c.path.rstrip("/").rpartition("_")[2]) <= last]
 
 
 def _load_reports(checkpoint: "tune.Checkpoint", folds: Folds) -> list[FoldReport]:
