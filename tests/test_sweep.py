@@ -289,7 +289,7 @@ def test_checkpoints_of_finished_folds_chain_back(tiny, tmp_path: Path) -> None:
     trial = tmp_path / "trial_x"
     for i, report in enumerate(reports):
         (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
-        _save_fold(str(trial / f"checkpoint_{i:06d}"), report)
+        _save_fold(str(trial / f"checkpoint_{i:06d}"), report, "linear", {})
     (trial / "checkpoint_tmp_junk").mkdir()
     back = _load_reports(tune.Checkpoint(str(trial / "checkpoint_000001")), folds)
     assert [r.fold for r in back] == [0, 1] and [r.folds_done for r in back] == [1, 2]
