@@ -19,7 +19,8 @@ and moa-tune's budget split (the line its run prints). Targets: moa-tune's held-
 
 Usage: python bench/main_job.py [--quick] [--data semi-real|small] [--budget 10m] [--seeds 0 1]
         [--arms moa-tune plain-optuna]
-Writes results/bench/main_job[-<data>].json and .md (main_job-quick.* with --quick: tiny, 90 s).
+Writes results/bench/main_job[-<data>].json and .md (main_job-quick.* with --quick: tiny, 90 s), and
+each moa-tune run's output as main_job[-<data>]-seed<s>.log.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from moa_tune.data import MoaData  # noqa: E402
 from moa_tune.metric import log_loss  # noqa: E402
 from moa_tune.sweep_spec import DEFAULT_SWEEP  # noqa: E402
 from moa_tune.data import save as save_data  # noqa: E402
+from moa_tune.io import write_text  # noqa: E402
 from moa_tune.synth import generate  # noqa: E402
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lish-moa-labels"
@@ -99,7 +101,7 @@ def moa_tune_arm(data_dir: Path, seed: int, budget: str, work: Path, quick: bool
     components = pd.read_csv(run_dir / "collect" / "components.csv")
     weights = {r.id: round(float(r.weight), 3) for r in components.itertuples() if r.weight and r.weight > 0}
     return {"submission": str(run_dir / "submission.csv"), "cv": float(blend["loss"]), "wall_s": wall, "split": split,
-            "trials": int(len(pd.read_csv(run_dir / "trials.csv"))), "weights": weights}
+            "trials": int(len(pd.read_csv(run_dir / "trials.csv"))), "weights": weights, "log": done.stdout}
 
 
 def plain_optuna_arm(data_dir: Path, seed: int, budget_s: float, work: Path, quick: bool) -> dict:
@@ -140,6 +142,7 @@ def main() -> None:
         data, name = generate(None, seed=0, labels=LABELS), "semi-real"
     else:
         data, name = generate("small", seed=0), "small"
+    stem = "main_job" if name in ("semi-real", "tiny") else f"main_job-{name}"
     rows, results = [], {}
     with tempfile.TemporaryDirectory(prefix="moa-main-job-") as tmp:
         for seed in args.seeds:
@@ -155,6 +158,9 @@ def main() -> None:
                 else:
                     result = plain_optuna_arm(data_dir, seed, budget_s, work, args.quick)
                 result["held_out"] = score(Path(result.pop("submission")), labels)
+                log = result.pop("log", None)
+                if log is not None:  # the run's own output: how it planned and spent the budget, trial by trial
+                    write_text(args.out / f"{stem}{'-quick' if args.quick else ''}-seed{seed}.log", log)
                 results[seed][arm] = result
                 print(f"  held-out {result['held_out']:.6f}, CV {result['cv']}, {result['wall_s']:.0f} s", flush=True)
                 rows.append([seed, arm, f"{result['held_out']:.6f}", "-" if result["cv"] is None else f"{result['cv']:.6f}",
@@ -176,7 +182,6 @@ def main() -> None:
                      f"{'yes' if v['wall_met'] else 'no'}")
     report = {"data": name, "budget": budget, "budget_s": budget_s, "seeds": args.seeds,
               "results": {str(k): v for k, v in results.items()}, "verdict": {str(k): v for k, v in verdict.items()}}
-    stem = "main_job" if name in ("semi-real", "tiny") else f"main_job-{name}"
     save(stem, args.quick, report, lines, args.out)
 
 

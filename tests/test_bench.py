@@ -107,4 +107,6 @@ def test_main_job_scores_both_arms_on_held_out_drugs(tmp_path: Path) -> None:
     for arm in arms.values():
         assert 0 < arm["held_out"] < 1 and arm["wall_s"] > 0
     assert arms["moa-tune"]["split"].startswith("budget 90 s: used"), arms["moa-tune"]["split"]
+    log = (tmp_path / "out" / "main_job-quick-seed0.log").read_text()  # the run's own output, kept
+    assert arms["moa-tune"]["split"] in log and "[collect]" in log
     assert report["verdict"]["0"]["ratio"] > 0
