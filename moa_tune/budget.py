@@ -8,16 +8,18 @@ the whole job (sweep, collect, export, predict, report) and the job plans as it 
   blending) gets a small reserve: 8% of the budget, at least 15 s (blending on full-size data
   takes seconds per component, and a run's last minute must not overrun);
 - the *collector* gets what training the best configurations with its further seeds will take,
-  estimated from the times of the sweep's own trials (a retraining is one trial's work), capped
-  at ``collect_share`` of the budget. A component's first seed is its sweep trial, reused, so one
-  seed costs nothing and always fits: a run never lacks an ensemble for want of collect time;
+  estimated from the times of the sweep's own best trials (a retraining is one trial's work),
+  capped at ``collect_share`` of the budget. A component's first seed is its sweep trial, reused,
+  so one seed costs nothing and always fits: a run never lacks an ensemble for want of collect
+  time. Seeds are planned per stage (:func:`seed_plan`): the stages of a chain take one number,
+  and ``direct``, which feeds nothing, takes the further seeds the chain cannot afford;
 - the *sweep* gets the rest. Its experiments (family x stage) run one after the other; each gets
   an equal share of the sweep time left when it starts, so time an early experiment does not use
   (it ran out of trials) goes to the later ones, and the estimate of the collector's reserve is
   refreshed from every experiment's measured trial times.
 
 Everything here is arithmetic on measured seconds: no Ray, no torch. The sweep layer turns a
-slice into a Ray Tune stopper; the collector turns its share into a number of seeds.
+slice into a Ray Tune stopper; the collector turns its share into seeds per stage.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from typing import Mapping, Sequence
 from .errors import ConfigError
 from .stages import NEEDS_INPUTS
 
-__all__ = ["BUDGET_KEY", "Budget", "BudgetError", "JobPlan", "format_seconds", "parse_budget", "seeds_that_fit"]
+__all__ = ["BUDGET_KEY", "Budget", "BudgetError", "JobPlan", "collect_seconds", "format_seconds", "parse_budget",
+           "seed_plan", "seeds_that_fit"]
 
 
 class BudgetError(ConfigError):
@@ -96,7 +99,7 @@ class Budget:
 
 
 def seeds_that_fit(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int, available_s: float) -> int:
-    """How many seeds (1..n_seeds) the collector can train its components with in ``available_s``.
+    """How many seeds (1..n_seeds), the same for every stage, the collector can train in ``available_s``.
 
     ``trial_seconds``: per collector stage, the measured full-CV time of each component (its sweep
     trial's time). One seed always fits: it is the sweep's own trial, reused (:func:`collect_seconds`).
@@ -107,18 +110,46 @@ def seeds_that_fit(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, s
     return 1
 
 
-def collect_seconds(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int) -> float:
+def seed_plan(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int, slots: int,
+              available_s: float) -> dict[str, int]:
+    """Seeds per collector stage that fit ``available_s``: every stage the same, then more where they are cheap.
+
+    The stages of a chain (stage 1 -> 2 -> 3) take the same number of seeds: a stage whose inputs
+    were collected with several seeds retrains all of its own, so one more seed in a chain costs a
+    retraining of every stage of it. A stage outside any chain (``direct``: no inputs, and nothing
+    takes its predictions) costs only its own retraining, so when the chain cannot afford every
+    seed the time it leaves still buys seeds there, rather than ending the job early.
+    """
+    k = seeds_that_fit(trial_seconds, n_seeds, slots, available_s)
+    plan = {stage: k for stage in trial_seconds}
+    fed = {NEEDS_INPUTS[stage] for stage in trial_seconds if stage in NEEDS_INPUTS}
+    free = [stage for stage in trial_seconds if stage not in NEEDS_INPUTS and stage not in fed]
+    for more in range(k + 1, n_seeds + 1):
+        trial = {**plan, **{stage: more for stage in free}}
+        if not free or collect_seconds(trial_seconds, trial, slots) > available_s:
+            break
+        plan = trial
+    return plan
+
+
+def collect_seconds(trial_seconds: Mapping[str, Sequence[float]], n_seeds: int | Mapping[str, int],
+                    slots: int) -> float:
     """Estimated wall time of the collector's training with ``n_seeds`` seeds per component.
 
-    A component's first seed is its sweep trial, reused without training, in a stage without inputs
-    (direct, stage 1) and, with a single seed, in every stage (the inputs are then the sweep's own);
-    a stage-2/3 component whose inputs were collected with several seeds is trained with all of
-    them. Stages run one after the other; within a stage the (component, seed) trainings share
+    ``n_seeds``: one number for every stage, or one per stage (:func:`seed_plan`). A component's
+    first seed is its sweep trial, reused without training, in a stage without inputs (direct,
+    stage 1) and in a stage whose inputs were collected with one seed (they are then the sweep's
+    own); a stage-2/3 component whose inputs were collected with several seeds is trained with all
+    of them. Stages run one after the other; within a stage the (component, seed) trainings share
     ``slots`` at once, so a stage takes about its total work / slots, and at least its longest task.
     """
+    seeds_of = n_seeds if isinstance(n_seeds, Mapping) else {stage: n_seeds for stage in trial_seconds}
     total = 0.0
     for stage, times in trial_seconds.items():
-        trained = n_seeds - 1 if n_seeds == 1 or stage not in NEEDS_INPUTS else n_seeds
+        k = int(seeds_of.get(stage, 1))
+        upstream = NEEDS_INPUTS.get(stage)
+        inputs_changed = upstream is not None and int(seeds_of.get(upstream, k)) > 1
+        trained = k if inputs_changed else k - 1
         tasks = [t for t in times for _ in range(trained)]
         if tasks:
             total += max(sum(tasks) / max(1, slots), max(tasks))
@@ -155,8 +186,12 @@ class JobPlan:
         self.dropped.add((stage, family))
 
     def record(self, stage: str, family: str, full_trial_seconds: Sequence[float]) -> None:
-        """The times of an experiment's trials that trained every fold (what a retraining costs)."""
-        self.measured[(stage, family)] = sorted(float(t) for t in full_trial_seconds if t and t > 0)
+        """The times of an experiment's trials that trained every fold, best (lowest loss) first.
+
+        The collector retrains the best ``top_k`` of them, and a good configuration is often a slow
+        one (wider, longer): the reserve is costed at their own times, not at a typical trial's.
+        """
+        self.measured[(stage, family)] = [float(t) for t in full_trial_seconds if t and t > 0]
 
     @property
     def tail_s(self) -> float:
@@ -168,10 +203,10 @@ class JobPlan:
         """Per stage: the estimated full-CV time of each component the collector will retrain.
 
         Stage-1 components count too (they are trained with the collector's seeds to feed stage 2).
-        Which trials will be the best is not known yet, so each of an experiment's ``top_k``
-        components is costed at the median time of its measured full trials; an experiment not run
-        yet at the median of every measured time so far. One that ran without a trial that trained
-        every fold, or that the sweep skipped, has no component and costs nothing.
+        A measured experiment's components are its ``top_k`` best full trials, at their own times; an
+        experiment not run yet counts ``top_k`` components at the median of every measured time so
+        far. One that ran without a trial that trained every fold, or that the sweep skipped, has no
+        component and costs nothing.
         """
         every = sorted(t for times in self.measured.values() for t in times)
         fallback = every[len(every) // 2] if every else None
@@ -180,13 +215,11 @@ class JobPlan:
             if (stage, family) in self.dropped:
                 continue
             times = self.measured.get((stage, family))
-            if times is not None and not times:
-                continue
-            typical = times[len(times) // 2] if times else fallback
-            if typical is None:
-                continue
-            per_stage.setdefault(stage, []).extend([typical] * self.top_k)
-        return per_stage
+            if times is not None:
+                per_stage.setdefault(stage, []).extend(times[:self.top_k])
+            elif fallback is not None:
+                per_stage.setdefault(stage, []).extend([fallback] * self.top_k)
+        return {stage: times for stage, times in per_stage.items() if times}
 
     def collect_cap_s(self) -> float:
         return self.collect_share * self.budget.total_s if self.collect else 0.0
@@ -198,8 +231,8 @@ class JobPlan:
         per_stage = self._component_seconds()
         if not per_stage:  # nothing measured yet: keep the whole cap
             return self.collect_cap_s()
-        k = seeds_that_fit(per_stage, self.n_seeds, self.slots, self.collect_cap_s())
-        return collect_seconds(per_stage, k, self.slots)  # within the cap: one seed is the sweep's own
+        seeds = seed_plan(per_stage, self.n_seeds, self.slots, self.collect_cap_s())
+        return collect_seconds(per_stage, seeds, self.slots)  # within the cap: one seed is the sweep's own
 
     def sweep_deadline(self) -> float:
         """Wall-clock time (``time.time()``) by which the sweep must end."""

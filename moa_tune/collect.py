@@ -39,7 +39,7 @@ import ray
 import yaml
 
 from .blend import BlendResult, blend
-from .budget import JobPlan, collect_seconds, format_seconds, seeds_that_fit
+from .budget import JobPlan, collect_seconds, format_seconds, seed_plan
 from .data import MoaData
 from .errors import ConfigError, MoaTuneError
 from .export import write_manifest
@@ -346,7 +346,9 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
 
     The data is ``data`` if given (already loaded), else ``data_dir``, else what the sweep used.
     With a ``plan`` (a budgeted job) the collector keeps as many of the seeds as fit the time left
-    before the plan's collect deadline, estimated from the sweep trials' own times (at least one).
+    before the plan's collect deadline, estimated from the sweep trials' own times (at least one),
+    stage by stage (:func:`moa_tune.budget.seed_plan`: a chain of stages takes one number of seeds,
+    ``direct`` may take more).
     """
     sweep_dir = Path(sweep_dir).resolve()
     spec = resume_spec(sweep_dir)
@@ -363,17 +365,20 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     plan_by_stage = [(s, [c for f in s.families for c in top_configs(sweep_dir, spec, s.stage, f, k)])
                      for s in spec.stages]
     plan_by_stage = _stages_to_collect(plan_by_stage, sweep_dir, emit)
+    seeds_of = {stage_spec.stage: seeds for stage_spec, _ in plan_by_stage}
     if plan is not None:
         per_stage = {stage_spec.stage: [c.sweep_seconds or 0.0 for c in candidates]
                      for stage_spec, candidates in plan_by_stage}
         available = plan.collect_deadline() - time.time()
-        fit = seeds_that_fit(per_stage, len(seeds), plan.slots, available)
-        if fit < len(seeds):
-            emit(f"[collect] {format_seconds(max(0.0, available))} of the budget left for collecting: "
-                 f"{fit} of {len(seeds)} seeds fit (estimated {format_seconds(collect_seconds(per_stage, fit, plan.slots))})")
-        seeds = seeds[:fit]
-    n_tasks = sum(len(c) for _, c in plan_by_stage) * len(seeds)
-    emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {list(seeds)}: {n_tasks} component seeds "
+        fit = seed_plan(per_stage, len(seeds), plan.slots, available)
+        seeds_of = {stage: seeds[:fit[stage]] for stage in seeds_of}
+        if any(n < len(seeds) for n in fit.values()):
+            which = ", ".join(f"{stage} {n}" for stage, n in fit.items())
+            emit(f"[collect] {format_seconds(max(0.0, available))} of the budget left for collecting: seeds that fit "
+                 f"of {len(seeds)}: {which} (estimated {format_seconds(collect_seconds(per_stage, fit, plan.slots))})")
+    n_tasks = sum(len(c) * len(seeds_of[s.stage]) for s, c in plan_by_stage)
+    used_seeds = sorted({seed for chosen in seeds_of.values() for seed in chosen}, key=seeds.index)
+    emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {used_seeds}: {n_tasks} component seeds "
          f"of {folds.n_splits} folds (a sweep trial that matches one is reused, the others trained)")
 
     _quiet()
@@ -382,9 +387,9 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
         shutil.rmtree(stale, ignore_errors=True)
         emit(f"[collect] removed {stale.name}, left by an interrupted collection")
     with atomic_dir(sweep_dir / "ensemble", overwrite=True) as staging:
-        components, stages = _retrain_stages(plan_by_stage, seeds, spec, data, folds, staging,
+        components, stages = _retrain_stages(plan_by_stage, seeds_of, spec, data, folds, staging,
                                              recorded_storage(sweep_dir), address, num_cpus, dashboard_host, emit)
-        fitted, oof, test, table = _blend_and_write(sweep_dir, components, stages, seeds, k, data, folds, emit)
+        fitted, oof, test, table = _blend_and_write(sweep_dir, components, stages, used_seeds, k, data, folds, emit)
         write_manifest(staging, _manifest(spec, data, folds, stages, components, fitted))
     export = sweep_dir / "ensemble"
     emit(f"[collect] wrote {sweep_dir / 'collect'} and {export}")
@@ -415,7 +420,8 @@ def _stages_to_collect(plan_by_stage: list[tuple[Any, list[Candidate]]], sweep_d
     return kept
 
 
-def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds: Sequence[int], spec: SweepSpec,
+def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds_of: Mapping[str, Sequence[int]],
+                    spec: SweepSpec,
                     data: MoaData, folds: Folds, staging: Path, experiments: str | None, address: str | None,
                     num_cpus: int | None, dashboard_host: str, emit: Callable[[str], None]
                     ) -> tuple[list[Component], list[dict[str, Any]]]:
@@ -432,13 +438,14 @@ def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds:
             if NEEDS_INPUTS.get(stage_spec.stage):
                 recipe = _recipe(stage_spec.inputs, previous, data, folds)
                 inputs = _inputs(recipe, previous, folds)
+            seeds = seeds_of[stage_spec.stage]
             results = _run_tasks(candidates, seeds, spec, data_ref, data, folds, inputs, experiments, staging, emit)
             current = [_component(c, results[c.id], data, folds, folds.n_splits) for c in candidates]
             for c in current:
                 emit(f"[collect] {c.candidate.id}: {len(seeds)}-seed average CV {c.loss:.6f} "
                      f"(sweep {c.candidate.sweep_loss:.6f}; seeds {', '.join(f'{x:.6f}' for x in c.seed_losses)})")
             stages.append({"stage": stage_spec.stage, "components": [c.candidate.id for c in current],
-                           "inputs": recipe})
+                           "inputs": recipe, "seeds": list(seeds)})
             components.extend(current)
             previous = current
         return components, stages

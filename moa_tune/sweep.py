@@ -800,12 +800,14 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
 
 def _measure(plan: JobPlan | None, trial_seconds: list[float], stage: str, family: str,
              rows: list[dict[str, Any]]) -> None:
-    """Feed an experiment's trial times to the plan (full trials: what a retraining costs) and to TPE sizing."""
+    """Feed an experiment's trial times to the plan (full trials, best first: what the collector will
+    retrain) and to TPE sizing."""
     times = [float(r["time_s"]) for r in rows if _finite(r.get("time_s"))]
     trial_seconds.extend(times)
     if plan is not None:
-        plan.record(stage, family, [float(r["time_s"]) for r in rows
-                                    if r.get("state") == "completed" and _finite(r.get("time_s"))])
+        full = sorted((r for r in rows if r.get("state") == "completed" and _finite(r.get("time_s"))
+                       and _finite(r.get("loss"))), key=lambda r: float(r["loss"]))
+        plan.record(stage, family, [float(r["time_s"]) for r in full])  # best first: the collector's picks
 
 
 def _finite(value: Any) -> bool:

@@ -47,22 +47,44 @@ def test_collect_time_and_seeds_follow_the_measured_trial_times() -> None:
     assert seeds_that_fit(per_stage, 5, 2, 70.0) == 4 and seeds_that_fit(per_stage, 5, 2, 1000.0) == 5
 
 
+def test_seeds_go_to_the_chain_evenly_then_to_direct_where_the_chain_cannot_afford_more() -> None:
+    from moa_tune.budget import seed_plan
+
+    per_stage = {"direct": [60.0, 100.0], "stage1": [50.0], "stage2": [50.0], "stage3": [10.0]}
+    # 3 seeds everywhere: direct 2 x (60 + 100) / 2 slots = 160, stage1 2 x 50 = 100 (one task at a time:
+    # at least 50 each, 100 of work on 2 slots -> 50), stage2 3 x 50 / 2 = 75, stage3 15
+    assert collect_seconds(per_stage, 3, 2) == pytest.approx(160 + 50 + 75 + 15)
+    assert seed_plan(per_stage, 3, 2, 1000.0) == {"direct": 3, "stage1": 3, "stage2": 3, "stage3": 3}
+    # 3 seeds everywhere cost 300; 2 cost 100 + 50 + 50 + 10 = 210, and with 280 s a 3rd seed fits direct
+    # (its 4 tasks on 2 slots: 160 s), which takes nothing from the chain: 270 s
+    two = {"direct": 2, "stage1": 2, "stage2": 2, "stage3": 2}
+    assert collect_seconds(per_stage, two, 2) == pytest.approx(210)
+    assert seed_plan(per_stage, 3, 2, 280.0) == {**two, "direct": 3}
+    assert collect_seconds(per_stage, {**two, "direct": 3}, 2) == pytest.approx(160 + 50 + 50 + 10)
+    # too little for a 2nd seed in the chain: the sweep's own trials there, and direct still gets seeds
+    assert seed_plan(per_stage, 3, 2, 120.0) == {"direct": 2, "stage1": 1, "stage2": 1, "stage3": 1}
+    assert seed_plan(per_stage, 3, 2, 10.0) == {"direct": 1, "stage1": 1, "stage2": 1, "stage3": 1}
+    # a chain alone gets no more than its even share
+    chain = {"stage1": [50.0], "stage2": [50.0]}
+    assert seed_plan(chain, 3, 2, 120.0) == {"stage1": 2, "stage2": 2}
+
+
 def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest() -> None:
     budget = Budget(600.0, started=1000.0)
     plan = JobPlan(budget, [("direct", "mlp"), ("stage1", "mlp"), ("stage2", "mlp")], top_k=1, n_seeds=3, slots=2)
     assert plan.tail_s == pytest.approx(48.0)  # 8% of 10 min
     assert plan.collect_reserve_s() == pytest.approx(0.35 * 600)  # nothing measured: the whole cap
-    plan.record("direct", "mlp", [20.0, 30.0, 40.0])
-    # every experiment costed at the median full trial, 30 s; 3 seeds: direct and stage1 train 2 (30 s on
-    # 2 slots), stage2 all 3 (45 s)
-    assert plan.collect_reserve_s() == pytest.approx(30 + 30 + 45)
-    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 48 - 105)
-    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 48 - 105) / 3)
+    plan.record("direct", "mlp", [40.0, 20.0, 30.0])  # best first: the best trial took 40 s
+    # direct's component is its best trial (40 s); the experiments not run yet cost the median full trial,
+    # 30 s. 3 seeds: direct trains 2 (80 s on 2 slots), stage1 2 (30 s on 2 slots), stage2 all 3 (45 s)
+    assert plan.collect_reserve_s() == pytest.approx(40 + 30 + 45)
+    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 48 - 115)
+    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 48 - 115) / 3)
     # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component
     plan.drop("stage2", "mlp")
-    assert plan.collect_reserve_s() == pytest.approx(30 + 30)
+    assert plan.collect_reserve_s() == pytest.approx(40 + 30)
     plan.record("stage1", "mlp", [])
-    assert plan.collect_reserve_s() == pytest.approx(30)
+    assert plan.collect_reserve_s() == pytest.approx(40)
     # trials too slow for more seeds within the cap: one seed, the sweep's own, costing nothing
     plan.record("direct", "mlp", [500.0])
     assert plan.collect_reserve_s() == 0 and plan.sweep_deadline() == pytest.approx(1000 + 600 - 48)

@@ -99,3 +99,37 @@ def test_a_budgeted_run_spends_its_budget_on_direct_and_every_stage(tmp_path: Pa
                 assert sorted(t.intermediate_values) == [1, 2, 3], t.intermediate_values
     status = subprocess.run([*moa_tune_command(), "status", str(run_dir)], capture_output=True, text=True, env=env)
     assert status.returncode == 0 and "budget 1.7 min (sweep, collect, export, predict and report): took" in status.stdout
+    _collect_gives_direct_the_seeds_the_chain_cannot_afford(run_dir)
+
+
+def _collect_gives_direct_the_seeds_the_chain_cannot_afford(run_dir: Path) -> None:
+    """Under a plan, the chain (stage 1 -> 2 -> 3) takes one number of seeds; direct takes what the
+    chain leaves. The sweep's recorded trial times are set so the arithmetic has wide margins: a
+    direct trial 100 s, a chain trial 1000 s, and 1000 s left: a 2nd seed fits direct (100 s), not
+    the chain (3000 s more)."""
+    import json
+    import time
+
+    from moa_tune.budget import Budget, JobPlan
+    from moa_tune.collect import collect
+
+    for done in run_dir.glob("*/*/done.json"):
+        record = json.loads(done.read_text())
+        for row in record["trials"]:
+            row["time_s"] = 100.0 if done.parent.parent.name == "direct" else 1000.0
+        done.write_text(json.dumps(record))
+    total = 10_000.0
+    plan = JobPlan(Budget(total), [], n_seeds=2, slots=2)
+    plan.budget.started = time.time() + 1000.0 + plan.tail_s - total  # the collect deadline: 1000 s from now
+    lines: list[str] = []
+    result = collect(run_dir, plan=plan, num_cpus=2, emit=lines.append)
+    assert any("seeds that fit of 2: direct 2, stage1 1, stage2 1, stage3 1" in line for line in lines), lines
+    seeds = dict(zip(result.components.id, result.components.n_seeds))
+    assert {cid: n for cid, n in seeds.items() if cid.startswith("direct")} == {"direct-mlp-r1": 2, "direct-linear-r1": 2}
+    assert all(n == 1 for cid, n in seeds.items() if not cid.startswith("direct")), seeds
+    manifest = json.loads((run_dir / "ensemble" / "manifest.json").read_text())
+    assert [stage["seeds"] for stage in manifest["stages"]] == [[0, 1], [0], [0], [0]]
+    ensemble = Ensemble.load(run_dir / "ensemble")
+    data = generate("tiny", seed=1)
+    np.testing.assert_allclose(ensemble.predict(data.test).iloc[:, 1:].to_numpy(),
+                               Predictions.load(run_dir / "collect").test, atol=1e-5)
