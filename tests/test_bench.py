@@ -109,4 +109,29 @@ def test_main_job_scores_both_arms_on_held_out_drugs(tmp_path: Path) -> None:
     assert arms["moa-tune"]["split"].startswith("budget 90 s: used"), arms["moa-tune"]["split"]
     log = (tmp_path / "out" / "main_job-quick-seed0.log").read_text()  # the run's own output, kept
     assert arms["moa-tune"]["split"] in log and "[collect]" in log
-    assert report["verdict"]["0"]["ratio"] > 0
+    low, high = report["verdict"]["0"]["ratio_90"]
+    assert report["verdict"]["0"]["ratio"] > 0 and 0 < low <= high
+
+
+def test_the_held_out_ratio_interval_resamples_drugs() -> None:
+    """bench/main_job.py's bootstrap of moa-tune / plain Optuna over the held-out drugs."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from main_job import ratio_interval
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 4)) < 0.2).astype(float)
+    labels = pd.DataFrame(y, columns=list("abcd"))
+    labels.insert(0, "sig_id", [f"id{i}" for i in range(60)])
+    groups = np.repeat(np.arange(20), 3).astype(str)
+    good = np.where(y == 1, 0.6, 0.1)
+    poor = np.where(y == 1, 0.3, 0.2)
+    assert ratio_interval(labels, good, good, groups, seed=0) == (1.0, 1.0)
+    low, high = ratio_interval(labels, good, poor, groups, seed=0)
+    assert 0 < low < high < 1  # better on every drug: the whole interval below 1
+    # better on half the drugs, worse on the rest: the interval straddles 1
+    half = np.isin(groups, [str(g) for g in range(10)])[:, None]
+    low, high = ratio_interval(labels, np.where(half, good, poor), np.where(half, poor, good), groups, seed=0)
+    assert low < 1 < high
