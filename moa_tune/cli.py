@@ -341,6 +341,34 @@ def train(
     out.print(f"wrote {target}")
 
 
+def _check_replace(folder: Path, results: Path, force: bool, what: str, hint: str) -> bool:
+    """Whether ``folder`` (a run or sweep of that name) must be removed before the new one starts.
+
+    An existing folder is refused without ``--force``. With it, only a folder that moa-tune made
+    (it holds the ``folds.npz`` and ``sweep.yaml`` a sweep writes first) and that sits directly in ``--results`` may
+    go, and it goes only once every input has been checked (:func:`_remove_run`), so a typo in
+    ``--data`` does not cost a finished run.
+    """
+    from .errors import ConfigError
+
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return False
+    if not force:
+        raise ConfigError(f"{folder}: a {what} named '{folder.name}' is already here; {hint}")
+    if folder.resolve().parent != results.resolve() or not folder.is_dir() or folder.is_symlink():
+        raise ConfigError(f"{folder}: --force replaces only a run folder directly inside {results}")
+    if not any((folder / made).is_file() for made in ("sweep.yaml", "folds.npz")):
+        raise ConfigError(f"{folder}: not a moa-tune run (no sweep.yaml); --force removes only folders moa-tune made, "
+                          f"so move or delete it yourself, or choose another --name")
+    return True
+
+
+def _remove_run(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)
+
+
 @app.command("sweep")
 def sweep(
     config_file: Optional[Path] = typer.Option(None, "--config", help="A sweep file [default: search_spaces/sweeps/default.yaml]."),
@@ -363,10 +391,11 @@ def sweep(
 
     from .budget import Budget, JobPlan, format_seconds, parse_budget
     from .errors import ConfigError
-    from .sweep_spec import load_sweep
+    from .sweep_spec import check_run_name, load_sweep
 
     wall_start = PROCESS_START
     budget_s = parse_budget(budget) if budget is not None else None
+    replace_run = False
 
     if resume is not None:
         if config_file is not None or name is not None:
@@ -378,15 +407,10 @@ def sweep(
     else:
         spec = load_sweep(config_file)
         if name is not None:
-            spec = replace(spec, name=name)
+            spec = replace(spec, name=check_run_name(name, "--name"))
         out_path = results / spec.name
-        if force and out_path.exists():
-            import shutil
-
-            shutil.rmtree(out_path)
-        if (out_path / "sweep.yaml").exists():
-            raise ConfigError(f"{out_path}: a sweep named '{spec.name}' is already here; "
-                              f"resume it with --resume {out_path}, replace it with --force, or choose another --name")
+        replace_run = _check_replace(out_path, results, force, "sweep",
+                                     f"resume it with --resume {out_path}, replace it with --force, or choose another --name")
     from .sweep import load_sweep_data, run_sweep
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
@@ -407,6 +431,8 @@ def sweep(
         plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
     if plan is not None:
         plan.check_feasible(1)
+    if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
+        _remove_run(out_path)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
                        num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
@@ -530,14 +556,14 @@ def run_cmd(
     from .predict import Ensemble, submission_frame
     from .report import write_report
     from .sweep import _init_ray, load_sweep_data
-    from .sweep_spec import load_sweep
+    from .sweep_spec import check_run_name, load_sweep
 
     started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
     wall_start = PROCESS_START
     budget_s = parse_budget(budget) if budget is not None else None
     spec = load_sweep(config_file)
     if name is not None:
-        spec = replace(spec, name=name)
+        spec = replace(spec, name=check_run_name(name, "--name"))
     budget_s = budget_s if budget_s is not None else spec.budget_s
     plan = None
     if budget_s is not None:
@@ -547,13 +573,7 @@ def run_cmd(
                        collect_share=float(spec.collect["budget_share"]))
         plan.check_feasible(1)  # a budget spent before the sweep could start
     run_dir = results / spec.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise ConfigError(f"{run_dir}: a run named '{spec.name}' is already here; replace it with --force "
-                              f"or choose another --name")
-        import shutil
-
-        shutil.rmtree(run_dir)
+    replace_run = _check_replace(run_dir, results, force, "run", "replace it with --force or choose another --name")
 
     def step(number: int, text: str) -> None:
         out.print(f"[{number}/5] {text}  ({time.perf_counter() - started:.0f} s)", markup=False)
@@ -564,6 +584,8 @@ def run_cmd(
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
     if data.test is None:
         raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
+    if replace_run:  # every input checked: only now is the earlier run removed
+        _remove_run(run_dir)
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")

@@ -46,7 +46,8 @@ from .search_space import SearchSpace, load_search_space
 if TYPE_CHECKING:
     from .data import MoaData
 
-__all__ = ["DEFAULT_SWEEP", "DEFAULT_TRIALS", "SEARCH_SPACES", "StageSpec", "SweepSpec", "load_data_source", "load_sweep", "parse_sweep"]
+__all__ = ["DEFAULT_SWEEP", "DEFAULT_TRIALS", "SEARCH_SPACES", "StageSpec", "SweepSpec", "check_run_name", "load_data_source",
+           "load_sweep", "parse_sweep"]
 
 #: The repository's search_spaces/ folder (the default place of family spaces and sweep files).
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -139,6 +140,20 @@ def _int(source: str, key: str, value: Any, low: int, nullable: bool = False) ->
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def check_run_name(name: object, where: str) -> str:
+    """``name`` if it is a plain folder name (the run's folder under ``--results``); ConfigError otherwise.
+
+    The name becomes a path that ``--force`` deletes, so '', '.', '..', an absolute path or one with
+    a separator would point outside the run's own folder (at ``--results`` itself, its parent, or
+    anywhere): they are refused wherever a name comes from, the sweep file or ``--name``.
+    """
+    if (not isinstance(name, str) or not name.strip() or name.startswith(".") or "/" in name or "\\" in name
+            or "\0" in name or Path(name).is_absolute() or Path(name).name != name):
+        raise ConfigError(f"{where} must be a plain folder name (not empty, no '/' or '\\', not starting with '.'). "
+                          f"Got {name!r}.")
+    return name
+
+
 def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path | None = None) -> SweepSpec:
     """A checked :class:`SweepSpec`; every error names ``source`` and the key."""
     from .config import resolve_config, set_path
@@ -148,9 +163,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
     for key in raw:
         if key not in TOP_KEYS:
             raise ConfigError(f"{source}: unknown key '{key}'.{suggest_name(str(key), TOP_KEYS)}")
-    name = raw.get("name", Path(source).stem)
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"{source}: 'name' must be a plain folder name. Got {name!r}.")
+    name = check_run_name(raw.get("name", Path(source).stem), f"{source}: 'name'")
     data = raw.get("data", {"synth": "small", "seed": 0})
     if isinstance(data, Mapping):
         unknown = set(data) - {"synth", "seed"}
