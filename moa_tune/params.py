@@ -113,11 +113,14 @@ class Param:
             raise ConfigError(f"The '{name}' parameter must be {self.describe()}{nullable}. Got {value!r} instead.") from None
 
 
-def suggest_name(name: str, known: Sequence[str]) -> str:
-    """" Did you mean 'x'?" for a close match among ``known``, else a list of the known names."""
+def suggest_name(name: str, known: Sequence[str], prefix: str = "") -> str:
+    """" Did you mean 'x'?" for a close match among ``known``, else a list of the known names.
+
+    ``prefix`` (such as ``train.``) is put back on the suggestion, so it can be pasted as it is.
+    """
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     if close:
-        return f" Did you mean '{close[0]}'?"
+        return f" Did you mean '{prefix}{close[0]}'?"
     return f" Known: {', '.join(sorted(known))}." if known else ""
 
 
@@ -128,5 +131,6 @@ def resolve(section: str, specs: Mapping[str, Param], values: Mapping[str, Any] 
         raise ConfigError(f"The '{section}' section must be a mapping of parameters. Got {values!r} instead.")
     for name in values:
         if name not in specs:
-            raise ConfigError(f"Unknown parameter '{section}.{name}'.{suggest_name(str(name), list(specs))}")
+            raise ConfigError(f"Unknown parameter '{section}.{name}'."
+                              f"{suggest_name(str(name), list(specs), prefix=f'{section}.')}")
     return {name: spec.check(f"{section}.{name}", values.get(name, spec.default)) for name, spec in specs.items()}

@@ -87,7 +87,7 @@ def test_bad_input_is_one_line_naming_the_problem(tiny: MoaData) -> None:
         adversarial_validation(replace(tiny, test=tiny.test.take(np.arange(4))))
     with pytest.raises(ConfigError, match="'adversarial.folds' parameter must be an int in"):
         adversarial_validation(tiny, {"folds": 1})
-    with pytest.raises(ConfigError, match="Did you mean 'max_rows'"):
+    with pytest.raises(ConfigError, match="Did you mean 'adversarial.max_rows'"):
         adversarial_validation(tiny, {"max_row": 10})
     with pytest.raises(ConfigError, match=r"'adversarial.max_rows' parameter must be 0 or at least .* \(6\)"):
         adversarial_validation(tiny, {"max_rows": 5, "folds": 3})

@@ -50,7 +50,7 @@ def test_params_are_declared_and_checked() -> None:
     assert not family.torch_network
     assert family.resolve({}) == {name: spec.default for name, spec in family.params.items()}
     assert all(spec.doc for spec in family.params.values())
-    with pytest.raises(ConfigError, match="Unknown parameter 'model.dept'. Did you mean 'depth'"):
+    with pytest.raises(ConfigError, match="Unknown parameter 'model.dept'. Did you mean 'model.depth'"):
         family.resolve({"dept": 3})
     with pytest.raises(ConfigError, match=r"The 'model.learning_rate' parameter must be a float in \(0, 1\]"):
         family.resolve({"learning_rate": 0})

@@ -125,7 +125,7 @@ def test_inputs_transforms_and_mismatch(tiny) -> None:
 def test_bad_parameters() -> None:
     with pytest.raises(ConfigError, match=r"The 'features.n_quantiles' parameter must be an int in \[10, 10000\]. Got 5"):
         FeaturePipeline({"n_quantiles": 5})
-    with pytest.raises(ConfigError, match="Did you mean 'gene_pca'"):
+    with pytest.raises(ConfigError, match="Unknown parameter 'features.genes_pca'. Did you mean 'features.gene_pca'"):
         FeaturePipeline({"genes_pca": 5})
     with pytest.raises(ConfigError, match="one of 'rankgauss', 'standard', 'none'"):
         FeaturePipeline({"scaler": "minmax"})
