@@ -128,6 +128,23 @@ class SearchSpace:
     def searched(self) -> list[str]:
         return [d.name for d in self.dimensions if d.type != "fixed"]
 
+    def value_problem(self, name: str, value: Any) -> str | None:
+        """Why ``value`` cannot be a value of searched dimension ``name`` (None when it can).
+
+        A point to evaluate is told to Optuna as it is: outside its distribution it makes an errored
+        trial or an Optuna traceback once Ray has started, so the sweep file is checked first.
+        """
+        dim = next(d for d in self.dimensions if d.name == name)
+        if dim.type == "categorical":
+            if not any(value == c and type(value) is type(c) for c in dim.choices):
+                return f"{value!r} is not one of {list(dim.choices)}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (dim.type == "int" and not isinstance(value, int)):
+            return f"must be {'an int' if dim.type == 'int' else 'a number'}, got {value!r}"
+        if not dim.low <= value <= dim.high:
+            return f"{value!r} is outside the searched range [{dim.low:g}, {dim.high:g}]"
+        return None
+
     def fixing(self, values: Mapping[str, Any]) -> "SearchSpace":
         """This space with the parameters in ``values`` turned into constants.
 

@@ -300,6 +300,10 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
                 if key not in searched:
                     raise ConfigError(f"{source}: 'points_to_evaluate.{family}[{j}]': '{key}' is not searched in "
                                       f"{spaces[family].source}.{suggest_name(str(key), sorted(searched))}")
+                problem = spaces[family].value_problem(str(key), point[key])
+                if problem:
+                    raise ConfigError(f"{source}: 'points_to_evaluate.{family}[{j}].{key}': {problem} "
+                                      f"(as {spaces[family].source} searches it)")
         checked_points[family] = [dict(p) for p in plist]
 
     return SweepSpec(name, data, folds, seed, seeds, job_budget, budget, scheduler, asha, resources, max_concurrent, max_failures,
