@@ -411,7 +411,7 @@ def sweep(
         out_path = results / spec.name
         replace_run = _check_replace(out_path, results, force, "sweep",
                                      f"resume it with --resume {out_path}, replace it with --force, or choose another --name")
-    from .sweep import load_sweep_data, run_sweep
+    from .sweep import check_local_resources, load_sweep_data, run_sweep
 
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
     left = None
@@ -431,6 +431,7 @@ def sweep(
         plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
     if plan is not None:
         plan.check_feasible(1)
+    check_local_resources(spec, address, num_cpus)
     if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
         _remove_run(out_path)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
@@ -464,6 +465,7 @@ def collect_cmd(
                      dashboard_host=dashboard_host)
     _print_blend(result.blend)
     out.print(f"wrote {result.path / 'collect'} and {result.export}")
+    out.print(f"export manifest sha256 {manifest_digest(result.export)} (pin it: moa-tune predict --expect-sha256)")
 
 
 def _print_blend(fitted) -> None:
@@ -478,6 +480,13 @@ def _print_blend(fitted) -> None:
     out.print(table)
 
 
+def manifest_digest(export: Path) -> str:
+    """The sha256 of an export's manifest: what ``predict --expect-sha256`` pins."""
+    from .predict import MANIFEST, sha256
+
+    return sha256(export / MANIFEST)
+
+
 @app.command("predict")
 def predict_cmd(
     model: Path = typer.Option(..., "--model", help="An exported ensemble (results/<sweep-name>/ensemble)."),
@@ -485,12 +494,17 @@ def predict_cmd(
                               "or a test_features.csv file."),
     out_file: Path = typer.Option(Path("submission.csv"), "--out", help="Where to write the submission."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    expect_sha256: Optional[str] = typer.Option(None, "--expect-sha256", metavar="HEX",
+                                                help="Refuse an export whose manifest.json has another sha256 (the "
+                                                     "digest `collect` and `run` print)."),
 ) -> None:
     """Write a Kaggle submission from an exported ensemble; needs no Ray and no cluster."""
     from .data import find_file, read_features
     from .errors import DataError
     from .predict import Ensemble, submission_frame
 
+    if out_file.is_dir():
+        raise DataError(f"{out_file}: is a folder; --out names the submission file to write")
     sample, sample_name = None, "sample_submission.csv"
     if data.is_dir():
         features_file = find_file(data, "test_features")
@@ -502,7 +516,7 @@ def predict_cmd(
     else:
         raise DataError(f"{data}: no such file or directory")
     with _working(f"loading {model}"):
-        ensemble = Ensemble.load(model, device=device)
+        ensemble = Ensemble.load(model, device=device, expect_sha256=expect_sha256)
     features = read_features(features_file)
     with _working(f"predicting {len(features):,} rows"):
         frame = submission_frame(ensemble.predict(features, features_file.name), sample, sample_name)
@@ -555,7 +569,7 @@ def run_cmd(
     from .errors import ConfigError
     from .predict import Ensemble, submission_frame
     from .report import write_report
-    from .sweep import _init_ray, load_sweep_data
+    from .sweep import _init_ray, check_local_resources, load_sweep_data
     from .sweep_spec import check_run_name, load_sweep
 
     started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
@@ -584,6 +598,7 @@ def run_cmd(
     data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
     if data.test is None:
         raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
+    check_local_resources(spec, address, num_cpus)
     if replace_run:  # every input checked: only now is the earlier run removed
         _remove_run(run_dir)
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
@@ -621,7 +636,7 @@ def run_cmd(
                   markup=False)
     else:
         out.print(f"  time: {split}", markup=False)
-    out.print(f"  ensemble:   {collected.export}")
+    out.print(f"  ensemble:   {collected.export} (manifest sha256 {manifest_digest(collected.export)})")
     out.print(f"  submission: {run_dir / 'submission.csv'}")
     out.print(f"  report:     {report}")
 
@@ -724,7 +739,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning MoaTuneError into one line and exit code 2.
 
     Click handles usage errors itself (one message, exit code 2); everything the library rejects
-    arrives here as a MoaTuneError whose text is the user's message.
+    arrives here as a MoaTuneError whose text is the user's message. An OSError (no space left,
+    permission denied, a path that is a file) is the machine's answer, not a bug: one line naming
+    the path, exit code 2; the atomic writers leave nothing half-written under a final name.
     """
     warnings.showwarning = _show_warning
     try:
@@ -735,6 +752,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except OSError as exc:  # a full disk, a denied or missing path: the environment, told in one line
+        where = exc.filename if exc.filename is not None else None
+        text = exc.strerror or str(exc) or type(exc).__name__
+        err.print(f"error: {where}: {text}" if where else f"error: {text}", soft_wrap=True, markup=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

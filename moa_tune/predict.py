@@ -29,7 +29,7 @@ import pandas as pd
 from .data import Features, parse_features
 from .errors import DataError, ExportError
 
-__all__ = ["SCHEMA", "Ensemble", "combine_inputs", "mean_of", "sha256", "submission_frame"]
+__all__ = ["SCHEMA", "Ensemble", "check_manifest", "combine_inputs", "mean_of", "sha256", "submission_frame"]
 
 #: Version of the export layout; bumped when a reader of an older version could misread it.
 SCHEMA = 1
@@ -83,6 +83,76 @@ class _Fold:
     model: Any
 
 
+def check_manifest(manifest: Any, where: Path) -> None:
+    """The manifest's structure, checked before anything it names is opened; ExportError in one line."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ExportError(f"{where}: {what} (not a manifest this moa-tune wrote; export again with moa-tune collect)")
+
+    need(isinstance(manifest, dict), "the manifest is not a JSON object")
+    for key, kind in (("files", dict), ("components", dict), ("stages", list), ("blend", dict), ("targets", dict),
+                      ("features", dict), ("folds", dict)):
+        need(isinstance(manifest.get(key), kind), f"'{key}' is missing or not a {'list' if kind is list else 'mapping'}")
+    files = manifest["files"]
+    need(all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()),
+         "'files' must map file names to sha256 digests")
+    components = manifest["components"]
+    need(bool(components), "'components' is empty")
+    for cid, component in components.items():
+        need(isinstance(component, dict) and isinstance(component.get("members"), list) and component["members"],
+             f"component '{cid}' has no members")
+        for key in ("columns", "output", "restore"):
+            need(isinstance(component.get(key), list), f"component '{cid}': '{key}' is missing or not a list")
+        for member in component["members"]:
+            need(isinstance(member, dict) and isinstance(member.get("folds"), list) and member["folds"]
+                 and all(isinstance(f, str) for f in member["folds"]), f"component '{cid}': a member without folds")
+    for stage in manifest["stages"]:
+        need(isinstance(stage, dict) and isinstance(stage.get("components"), list), "a stage without 'components'")
+        unknown = [c for c in stage["components"] if c not in components]
+        need(not unknown, f"stage '{stage.get('stage')}' names an unknown component {unknown[:1]}")
+    weights = manifest["blend"].get("weights")
+    need(isinstance(weights, dict) and bool(weights), "'blend.weights' is missing or empty")
+    need(all(c in components for c in weights), f"'blend.weights' names an unknown component "
+                                                f"{[c for c in weights if c not in components][:1]}")
+    need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) and w >= 0
+             for w in weights.values()), "'blend.weights' must be finite, non-negative numbers")
+    need(abs(sum(weights.values()) - 1.0) < 1e-3, f"'blend.weights' sum to {sum(weights.values()):.6g}, not 1")
+    need(isinstance(manifest["targets"].get("scored"), list), "'targets.scored' is missing")
+    need(all(isinstance(manifest["features"].get(k), list) for k in ("gene_columns", "cell_columns")),
+         "'features' must list gene_columns and cell_columns")
+
+
+def _inside(root: Path, name: str, where: Path) -> Path:
+    """``root / name`` if ``name`` is relative and stays inside ``root`` (no '..', no absolute path, no link out)."""
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts or not name:
+        raise ExportError(f"{where}: '{name}' is not a name inside the export")
+    resolved = (root / candidate).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ExportError(f"{where}: '{name}' leads outside the export")
+    return resolved
+
+
+def _verify_folder(root: Path, folder: Path, listed: Mapping[str, str], where: Path) -> None:
+    """Every file of a fold folder is listed in the manifest and matches its sha256, before it is read."""
+    if not folder.is_dir():
+        raise ExportError(f"{root}: missing folder {folder.relative_to(root).as_posix()} (named in {MANIFEST})")
+    for file in sorted(folder.rglob("*")):
+        if file.is_dir():
+            continue
+        name = file.relative_to(root).as_posix()
+        if file.is_symlink() or not file.is_file():
+            raise ExportError(f"{root}: {name} is not a plain file")
+        if name not in listed:
+            raise ExportError(f"{root}: {name} is not listed in {MANIFEST} (added after the export?)")
+        if sha256(file) != listed[name]:
+            raise ExportError(f"{root}: {name} has changed since the export (sha256 differs from {MANIFEST})")
+    prefix = folder.relative_to(root).as_posix() + "/"
+    for name in listed:
+        if name.startswith(prefix) and not (root / name).is_file():
+            raise ExportError(f"{root}: missing file {name} (listed in {MANIFEST})")
+
+
 class Ensemble:
     """A loaded export: ``Ensemble.load(path).predict(features_df)`` -> DataFrame of scored targets."""
 
@@ -96,8 +166,17 @@ class Ensemble:
     # ---- loading
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", verify: bool = True) -> "Ensemble":
-        """Read and check an export folder; errors name the folder and the file at fault."""
+    def load(cls, path: str | os.PathLike, device: str = "auto", verify: bool = True,
+             expect_sha256: str | None = None) -> "Ensemble":
+        """Read and check an export folder; errors name the folder and the file at fault.
+
+        What is protected: every file the loader reads (each fold folder's files) must be listed in
+        the manifest with its sha256 and match it before it is opened, and every name stays inside
+        the export. A changed, missing, unlisted or outside file is refused. What is not: the
+        manifest itself, which anyone who can write the folder can rewrite together with its
+        hashes; ``expect_sha256`` (the digest the collector printed) pins it. ``verify=False``
+        skips the hashes (not the containment or structure checks).
+        """
         import torch
 
         from .artifacts import load_fitted
@@ -109,22 +188,21 @@ class Ensemble:
             raise ExportError(f"{path}: no such export folder (give results/<sweep>/ensemble)")
         if not manifest_path.is_file():
             raise ExportError(f"{path}: missing {MANIFEST} (not a moa-tune export)")
+        if expect_sha256 is not None and sha256(manifest_path) != expect_sha256.strip().lower():
+            raise ExportError(f"{manifest_path}: sha256 {sha256(manifest_path)} is not the expected {expect_sha256} "
+                              f"(the export was changed or is another one)")
         try:
             manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ExportError(f"{manifest_path}: not valid JSON ({exc})") from None
-        schema = manifest.get("schema")
-        if schema != SCHEMA:
+        schema = manifest.get("schema") if isinstance(manifest, dict) else None
+        if isinstance(manifest, dict) and schema != SCHEMA:
             raise ExportError(f"{manifest_path}: export schema {schema!r} but this moa-tune reads schema {SCHEMA}; "
                               f"export again with this version (moa-tune collect) or install the moa-tune that "
                               f"wrote it ({manifest.get('moa_tune', 'unknown')})")
-        if verify:
-            for name, digest in manifest.get("files", {}).items():
-                file = path / name
-                if not file.is_file():
-                    raise ExportError(f"{path}: missing file {name} (listed in {MANIFEST})")
-                if sha256(file) != digest:
-                    raise ExportError(f"{path}: {name} has changed since the export (sha256 differs from {MANIFEST})")
+        check_manifest(manifest, manifest_path)
+        listed: dict[str, str] = manifest["files"]
+        root = path.resolve()
         device = choose_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
         folds: dict[str, list[list[_Fold]]] = {}
         for cid, component in manifest["components"].items():
@@ -132,7 +210,10 @@ class Ensemble:
             for member in component["members"]:
                 loaded = []
                 for fold_dir in member["folds"]:
-                    pipeline, model, _ = load_fitted(path / fold_dir, device=device)
+                    folder = _inside(root, fold_dir, manifest_path)
+                    if verify:
+                        _verify_folder(root, folder, listed, manifest_path)
+                    pipeline, model, _ = load_fitted(folder, device=device)
                     loaded.append(_Fold(pipeline, model))
                 folds[cid].append(loaded)
         return cls(path, manifest, folds, device)
@@ -184,8 +265,21 @@ class Ensemble:
                 out = mean_of(seeds)
                 if zero_controls:
                     out[control] = 0.0
-                outputs[cid] = out
+                outputs[cid] = self._probabilities(cid, out, name)
         return outputs
+
+    def _probabilities(self, cid: str, values: np.ndarray, name: str) -> np.ndarray:
+        """``values`` if every cell is a finite probability; an ExportError naming the component otherwise.
+
+        A damaged network (or one edited with its hash) predicts NaN; it must stop the prediction at
+        the component that made it, before a later stage or the submission takes it in silently.
+        """
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            raise ExportError(f"{self.path}: component {cid} predicted {values[row, column]!r} for row {row + 1} of "
+                              f"{name}, column {column + 1} ({int(bad.sum())} such cells); the export cannot be trusted")
+        return values
 
     def predict_array(self, features: Features | pd.DataFrame, name: str = "features") -> np.ndarray:
         """(rows, scored targets) float32 probabilities: the blend of the scored components."""

@@ -557,15 +557,30 @@ def _concurrency(spec: SweepSpec) -> int:
     return max(1, slots)
 
 
-def check_resources(spec: SweepSpec) -> None:
+def check_resources(spec: SweepSpec, available: Mapping[str, float] | None = None, where: str = "the Ray cluster") -> None:
     """Fail before any trial when the cluster cannot hold one trial (Tune would wait forever)."""
-    available = ray.cluster_resources()
+    available = ray.cluster_resources() if available is None else available
     for kind, key in (("cpu", "CPU"), ("gpu", "GPU")):
         need = spec.resources[kind]
         have = available.get(key, 0)
         if need > have:
-            raise ConfigError(f"{spec.source}: 'resources.{kind}' asks for {need:g} {key} per trial but the Ray "
-                              f"cluster has {have:g} (lower it, or add nodes with {key}s)")
+            raise ConfigError(f"{spec.source}: 'resources.{kind}' asks for {need:g} {key} per trial but {where} "
+                              f"has {have:g} (lower it, or add nodes with {key}s)")
+
+
+def check_local_resources(spec: SweepSpec, address: str | None, num_cpus: int | None) -> None:
+    """:func:`check_resources` against the local Ray this process would start, before it starts.
+
+    Checked before Ray starts and before anything is written (or an earlier run is replaced): a
+    sweep that asks for more than this machine has is refused in one line and leaves nothing. On a
+    cluster (``--address`` or RAY_ADDRESS) the check waits for the connection (:func:`run_sweep`).
+    """
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return  # a cluster, or a Ray this process already joined: check_resources asks it
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check_resources(spec, {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}, "this machine")
 
 
 def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -646,30 +661,36 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     from .folds import make_folds
 
     _quiet()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    folds_path = out / "folds.npz"
-    if resume and folds_path.exists():
-        folds = Folds.load(folds_path)
-        folds.check(data)
-    else:
-        f = spec.folds
-        folds = make_folds(data, f["n_splits"], f["scheme"], f["seed"], f["threshold"], f["keep_controls"])
-        folds.save(folds_path)
-    storage_root = experiments_root(spec.name, out, storage, resume)
-    from_disk = data.source is not None and Path(data.source).is_dir()
-    recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if from_disk else spec.data,
-                "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
-                STORAGE_KEY: storage_root}
-    if plan is not None:  # for `moa-tune status`: what the job may spend, and since when
-        recorded[BUDGET_KEY] = {"total_s": plan.budget.total_s, "started": plan.budget.started,
-                                "sweep_only": not plan.collect}
-    write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
-    emit(f"Ray Tune experiments (trials, checkpoints, TensorBoard events): {storage_root}")
-
+    check_local_resources(spec, address, num_cpus)
     started = _init_ray(address, num_cpus, dashboard_host, emit)
     try:
-        check_resources(spec)
+        check_resources(spec)  # before anything is written: a refused sweep leaves no folder behind
+        out = Path(out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        folds_path = out / "folds.npz"
+        if resume and folds_path.exists():
+            folds = Folds.load(folds_path)
+            folds.check(data)
+        else:
+            f = spec.folds
+            folds = make_folds(data, f["n_splits"], f["scheme"], f["seed"], f["threshold"], f["keep_controls"])
+            folds.save(folds_path)
+        storage_root = experiments_root(spec.name, out, storage, resume)
+        from_disk = data.source is not None and Path(data.source).is_dir()
+        # the search spaces as found now, by absolute path: collect and --resume read this file from
+        # elsewhere, where a path relative to the user's sweep file (or a space beside it) would
+        # resolve to another file, or to none
+        spaces = {family: str(Path(space.source).resolve()) for family, space in spec.spaces.items()}
+        recorded = {**spec.raw, "name": spec.name, "data": str(Path(data.source).resolve()) if from_disk else spec.data,
+                    "search_spaces": spaces,
+                    "_versions": {"moa_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
+                    STORAGE_KEY: storage_root}
+        if plan is not None:  # for `moa-tune status`: what the job may spend, and since when
+            recorded[BUDGET_KEY] = {"total_s": plan.budget.total_s, "started": plan.budget.started,
+                                    "sweep_only": not plan.collect}
+        write_text(out / "sweep.yaml", yaml.safe_dump(recorded, sort_keys=False))
+        emit(f"Ray Tune experiments (trials, checkpoints, TensorBoard events): {storage_root}")
+
         concurrency = _concurrency(spec)
         threads = max(1, int(spec.resources["cpu"]))
         if plan is not None:

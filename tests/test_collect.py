@@ -226,6 +226,93 @@ def test_export_refuses_changed_missing_and_incompatible_files(collected, tmp_pa
     assert not submission.exists()
 
 
+def _edited(source: Path, target: Path, edit) -> Path:
+    """A copy of the export whose manifest ``edit`` rewrote (as someone with write access could)."""
+    copy = shutil.copytree(source, target)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(edit(manifest)))
+    return copy
+
+
+def test_the_export_checks_what_it_reads_not_what_the_manifest_lists(collected, tmp_path: Path, capsys) -> None:
+    """Every file read must be listed with its sha256; names stay inside the export; the manifest's
+    structure and blend weights are checked; predictions must be finite; --expect-sha256 pins the manifest."""
+    from safetensors.torch import load_file, save_file
+
+    from moa_tune.predict import sha256
+
+    source = collected["out"] / "ensemble"
+    manifest = json.loads((source / "manifest.json").read_text())
+    weights = sorted(n for n in manifest["files"] if n.endswith(".safetensors"))[0]
+    first = next(iter(manifest["components"]))
+
+    # an emptied 'files' no longer skips the checks: a flipped byte is caught as an unlisted file
+    unlisted = _edited(source, tmp_path / "unlisted", lambda m: {**m, "files": {}})
+    blob = bytearray((unlisted / weights).read_bytes())
+    blob[-1] ^= 0xFF
+    (unlisted / weights).write_bytes(bytes(blob))
+    with pytest.raises(ExportError, match="is not listed in manifest.json"):
+        Ensemble.load(unlisted)
+
+    def fold_outside(m: dict, where: str) -> dict:
+        m["components"][first]["members"][0]["folds"][0] = where
+        return m
+
+    outside = tmp_path / "outside"
+    shutil.copytree(source / manifest["components"][first]["members"][0]["folds"][0], outside)
+    for i, where in enumerate(["../outside", str(outside)]):
+        with pytest.raises(ExportError, match="not a name inside the export"):
+            Ensemble.load(_edited(source, tmp_path / f"escape{i}", lambda m, w=where: fold_outside(m, w)))
+    link = shutil.copytree(source, tmp_path / "link")
+    (link / "elsewhere").symlink_to(outside)
+    manifest_link = fold_outside(json.loads((link / "manifest.json").read_text()), "elsewhere")
+    (link / "manifest.json").write_text(json.dumps(manifest_link))
+    with pytest.raises(ExportError, match="leads outside the export"):
+        Ensemble.load(link)
+
+    def reweighted(m: dict) -> dict:
+        m["blend"]["weights"] = {k: 5.0 for k in m["blend"]["weights"]}
+        return m
+
+    for i, (edit, message) in enumerate([
+            (reweighted, "'blend.weights' sum to"),
+            (lambda m: {k: v for k, v in m.items() if k != "blend"}, "'blend' is missing"),
+            (lambda m: {k: v for k, v in m.items() if k != "components"}, "'components' is missing"),
+            (lambda m: [m], "not a JSON object")]):
+        edited = _edited(source, tmp_path / f"edit{i}", edit)
+        with pytest.raises(ExportError, match=message):
+            Ensemble.load(edited)
+        code, _, err = run_cli(["predict", "--model", str(edited), "--data", str(collected["data_dir"]),
+                                "--out", str(tmp_path / "s.csv")], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+    # a network whose weights are NaN, its hash updated: the prediction is refused, never written
+    poisoned = shutil.copytree(source, tmp_path / "poisoned")
+    tensors = load_file(poisoned / weights)
+    name = next(n for n in sorted(tensors) if tensors[n].is_floating_point() and tensors[n].ndim == 2)
+    tensors[name] = tensors[name] * float("nan")
+    save_file(tensors, poisoned / weights)
+    manifest_p = json.loads((poisoned / "manifest.json").read_text())
+    manifest_p["files"][weights] = sha256(poisoned / weights)
+    (poisoned / "manifest.json").write_text(json.dumps(manifest_p))
+    submission = tmp_path / "poisoned.csv"
+    code, _, err = run_cli(["predict", "--model", str(poisoned), "--data", str(collected["data_dir"]),
+                            "--out", str(submission)], capsys)
+    assert code == 2 and "cannot be trusted" in err and len(err.strip().splitlines()) == 1, err
+    assert not submission.exists()
+    # ...and pinning the manifest's digest catches the edit itself
+    pinned = sha256(source / "manifest.json")
+    code, _, err = run_cli(["predict", "--model", str(poisoned), "--data", str(collected["data_dir"]),
+                            "--out", str(submission), "--expect-sha256", pinned], capsys)
+    assert code == 2 and "is not the expected" in err and not submission.exists()
+    code, _, err = run_cli(["predict", "--model", str(source), "--data", str(collected["data_dir"]),
+                            "--out", str(submission), "--expect-sha256", pinned], capsys)
+    assert code == 0 and submission.exists(), err
+    code, _, err = run_cli(["predict", "--model", str(source), "--data", str(collected["data_dir"]),
+                            "--out", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_predict_bad_input_exit_2(collected, tmp_path: Path, capsys) -> None:
     out, data_dir = collected["out"], collected["data_dir"]
     frame = pd.read_csv(data_dir / "test_features.csv")

@@ -63,3 +63,49 @@ def test_a_name_in_the_sweep_file_follows_the_same_rule(tmp_path, capsys) -> Non
     path.write_text("name: '..'\nstages: [{stage: direct, families: [linear]}]\n")
     code, _, err = run_cli(["sweep", "--config", str(path), "--results", str(tmp_path / "r")], capsys)
     assert code == 2 and str(path) in err and "'name' must be a plain folder name" in err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("resources, kind", [({"cpu": 4096}, "CPU"), ({"gpu": 64}, "GPU")])
+def test_resources_beyond_this_machine_are_refused_before_ray_and_before_force(command, resources, kind, results,
+                                                                               tmp_path, capsys) -> None:
+    import yaml
+
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({"name": "old", "data": {"synth": "tiny", "seed": 0}, "resources": resources,
+                                    "stages": [{"stage": "direct", "families": ["linear"], "trials": 1}]}))
+    code, _, err = run_cli([command, "--config", str(path), "--force", "--results", str(results)], capsys)
+    assert code == 2 and f"per trial but this machine has" in err and kind in err, err
+    assert len(err.strip().splitlines()) == 1
+    _intact(results)  # the earlier run of that name is still there
+
+
+def test_an_os_error_is_one_line_naming_the_path(tmp_path, capsys) -> None:
+    """ENOTDIR here (a file where a folder should be); ENOSPC and EACCES take the same path."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run_cli(["data", "synth", "--preset", "tiny", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(blocker) in err and ("Not a directory" in err or "File exists" in err)
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk fails
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from moa_tune.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_write_that_cannot_finish_is_one_line_and_leaves_nothing_half_written(tmp_path) -> None:
+    """A full disk, simulated by a file-size limit (every write beyond 20 kB fails like ENOSPC)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "synth"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, "data", "synth", "--preset", "tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "File too large" in done.stderr, done.stderr
+    assert not out.exists() or not any(out.rglob("*.csv"))  # nothing under the final name

@@ -344,3 +344,4 @@ def test_fractional_gpus_pack_trials_and_missing_gpus_fail_early(tmp_path: Path)
     trials = pd.read_csv(tmp_path / "g" / "trials.csv", dtype={"gpus": str})
     assert len(trials) == 4 and (trials.state == "completed").all() and (trials.gpus == "0").all()
     assert "REFUSED: <gpu sweep>: 'resources.gpu' asks for 2 GPU per trial but the Ray cluster has 1" in done.stdout
+    assert not (tmp_path / "h").exists()  # refused before anything was written

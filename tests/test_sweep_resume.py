@@ -165,3 +165,30 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
         assert t.value == pytest.approx(t.intermediate_values[max(t.intermediate_values)])
     # and each Optuna trial carries the loss its Tune trial reported last
     assert sorted(round(t.value, 9) for t in resumed_history) == sorted(round(x, 9) for x in trials.loss)
+
+
+def test_a_relative_search_space_path_still_works_for_collect_and_resume(tmp_path: Path) -> None:
+    """The sweep records the spaces it used by absolute path: `collect` and `--resume` read
+    results/<name>/sweep.yaml from elsewhere, where the sweep file's relative path means nothing."""
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "my-linear.yaml").write_text(yaml.safe_dump({"family": "linear", "params": {
+        "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}))
+    (tmp_path / "sweeps").mkdir()
+    sweep_file = tmp_path / "sweeps" / "rel.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "rel", "data": {"synth": "tiny", "seed": 0}, "folds": {"n_splits": 3}, "seeds": [0],
+        "asha": {"grace_period": 3}, "search_spaces": {"linear": "../spaces/my-linear.yaml"},
+        "fixed": {"train.epochs": 2, "train.early_stopping": 0},
+        "stages": [{"stage": "direct", "families": ["linear"], "trials": 1}]}))
+    env = subprocess_env(tmp_path / "home")
+    results = tmp_path / "results"
+    for args in (["sweep", "--config", str(sweep_file)], ["sweep", "--resume", str(results / "rel")],
+                 ["collect", str(results / "rel")]):
+        done = subprocess.run(moa_tune(*args, "--num-cpus", "2", *([] if args[0] == "collect" or "--resume" in args
+                                                                    else ["--results", str(results)])),
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    recorded = yaml.safe_load((results / "rel" / "sweep.yaml").read_text())
+    assert recorded["search_spaces"] == {"linear": str((tmp_path / "spaces" / "my-linear.yaml").resolve())}
+    trials = pd.read_csv(results / "rel" / "trials.csv")
+    assert len(trials) == 1 and "param.train.lr" in trials.columns
