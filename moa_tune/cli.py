@@ -10,7 +10,7 @@ import json
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -432,6 +432,7 @@ def sweep(
     if plan is not None:
         plan.check_feasible(1)
     check_local_resources(spec, address, num_cpus)
+    _hold(Path(out_path), "sweep")
     if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
         _remove_run(out_path)
     result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
@@ -460,6 +461,8 @@ def collect_cmd(
     """Retrain the best configurations with several seeds (Ray tasks), blend them, export the ensemble."""
     from .collect import collect
 
+    if (sweep_dir / "sweep.yaml").is_file():  # else collect says what is wrong with the folder
+        _hold(sweep_dir, "collect")
     result = collect(sweep_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
                      data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit,
                      dashboard_host=dashboard_host)
@@ -599,6 +602,7 @@ def run_cmd(
     if data.test is None:
         raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
     check_local_resources(spec, address, num_cpus)
+    _hold(run_dir, "run")
     if replace_run:  # every input checked: only now is the earlier run removed
         _remove_run(run_dir)
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
@@ -735,6 +739,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"warning: {message}", soft_wrap=True, markup=False)
 
 
+#: Context managers a command enters for its whole life (``_hold``); closed by :func:`main` however it ends.
+_HELD: ExitStack | None = None
+
+
+def _hold(run_dir: Path, command: str) -> None:
+    """Take ``run_dir``'s lock (:mod:`moa_tune.lock`) until the command ends."""
+    from .lock import run_lock
+
+    if _HELD is None:  # called outside main (a test calling the command function): nothing to release it
+        raise RuntimeError("moa-tune commands take their lock through main()")
+    _HELD.enter_context(run_lock(run_dir, command))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning MoaTuneError into one line and exit code 2.
 
@@ -743,9 +760,11 @@ def main(argv: list[str] | None = None) -> None:
     permission denied, a path that is a file) is the machine's answer, not a bug: one line naming
     the path, exit code 2; the atomic writers leave nothing half-written under a final name.
     """
+    global _HELD
     warnings.showwarning = _show_warning
     try:
-        app(args=argv, prog_name="moa-tune")
+        with ExitStack() as _HELD:  # what a command holds until it ends (its run folder's lock)
+            app(args=argv, prog_name="moa-tune")
     except MoaTuneError as exc:
         err.print(f"error: {exc}", soft_wrap=True, markup=False)
         sys.exit(2)

@@ -213,7 +213,13 @@ class Ensemble:
                     folder = _inside(root, fold_dir, manifest_path)
                     if verify:
                         _verify_folder(root, folder, listed, manifest_path)
-                    pipeline, model, _ = load_fitted(folder, device=device)
+                    try:
+                        pipeline, model, _ = load_fitted(folder, device=device)
+                    except ExportError:
+                        raise
+                    except Exception as exc:  # a truncated or rewritten file: whatever its reader raises
+                        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                        raise ExportError(f"{path}: {fold_dir} cannot be loaded ({cause})") from None
                     loaded.append(_Fold(pipeline, model))
                 folds[cid].append(loaded)
         return cls(path, manifest, folds, device)

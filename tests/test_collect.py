@@ -286,6 +286,16 @@ def test_the_export_checks_what_it_reads_not_what_the_manifest_lists(collected, 
                                 "--out", str(tmp_path / "s.csv")], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
+    # a truncated network whose hash was updated: one line naming the fold, no traceback
+    truncated = shutil.copytree(source, tmp_path / "truncated")
+    (truncated / weights).write_bytes((truncated / weights).read_bytes()[:100])
+    manifest_t = json.loads((truncated / "manifest.json").read_text())
+    manifest_t["files"][weights] = sha256(truncated / weights)
+    (truncated / "manifest.json").write_text(json.dumps(manifest_t))
+    code, _, err = run_cli(["predict", "--model", str(truncated), "--data", str(collected["data_dir"]),
+                            "--out", str(tmp_path / "t.csv")], capsys)
+    assert code == 2 and "cannot be loaded" in err and len(err.strip().splitlines()) == 1, err
+
     # a network whose weights are NaN, its hash updated: the prediction is refused, never written
     poisoned = shutil.copytree(source, tmp_path / "poisoned")
     tensors = load_file(poisoned / weights)

@@ -109,3 +109,32 @@ def test_a_write_that_cannot_finish_is_one_line_and_leaves_nothing_half_written(
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "File too large" in done.stderr, done.stderr
     assert not out.exists() or not any(out.rglob("*.csv"))  # nothing under the final name
+
+
+def test_a_run_folder_in_use_is_refused_naming_its_holder(results, tmp_path, capsys) -> None:
+    """Another process holds results/old's lock (a real flock, in a child process): sweep, run and
+    collect of that folder are refused in one line naming it; once the holder dies the lock is free."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from moa_tune.lock import run_lock\n"
+        f"with run_lock({str(results / 'old')!r}, 'run'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (["run", "--name", "old", "--force", "--results", str(results)],
+                     ["sweep", "--name", "old", "--force", "--results", str(results)],
+                     ["collect", str(results / "old")]):
+            code, _, err = run_cli(argv, capsys)
+            assert code == 2 and "in use by moa-tune run (pid" in err and len(err.strip().splitlines()) == 1, err
+        _intact(results)
+    finally:
+        holder.kill()
+        holder.wait()
+    from moa_tune.lock import run_lock
+
+    with run_lock(results / "old", "test"):  # the dead holder's lock is free
+        pass
