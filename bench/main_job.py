@@ -194,12 +194,12 @@ def main() -> None:
                 if log is not None:  # the run's own output: how it planned and spent the budget, trial by trial
                     write_text(args.out / f"{stem}{'-quick' if args.quick else ''}-seed{seed}.log", log)
                 results[seed][arm] = result
-            if {"moa-tune", "plain-optuna"} <= set(args.arms):
-                intervals[seed] = ratio_interval(labels, predicted[(seed, "moa-tune")],
-                                                 predicted[(seed, "plain-optuna")], groups, seed)
                 print(f"  held-out {result['held_out']:.6f}, CV {result['cv']}, {result['wall_s']:.0f} s", flush=True)
                 rows.append([seed, arm, f"{result['held_out']:.6f}", "-" if result["cv"] is None else f"{result['cv']:.6f}",
                              f"{result['wall_s']:.0f} / {budget_s:.0f}", result.get("trials") or "-", result["split"]])
+            if {"moa-tune", "plain-optuna"} <= set(args.arms):
+                intervals[seed] = ratio_interval(labels, predicted[(seed, "moa-tune")],
+                                                 predicted[(seed, "plain-optuna")], groups, seed)
     verdict = {}
     for seed, arms in results.items():
         if {"moa-tune", "plain-optuna"} <= set(arms):

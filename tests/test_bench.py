@@ -109,6 +109,8 @@ def test_main_job_scores_both_arms_on_held_out_drugs(tmp_path: Path) -> None:
     assert arms["moa-tune"]["split"].startswith("budget 90 s: used"), arms["moa-tune"]["split"]
     log = (tmp_path / "out" / "main_job-quick-seed0.log").read_text()  # the run's own output, kept
     assert arms["moa-tune"]["split"] in log and "[collect]" in log
+    table = (tmp_path / "out" / "main_job-quick.md").read_text()
+    assert "| 0 | moa-tune |" in table and "| 0 | plain-optuna |" in table, table  # a row per arm
     low, high = report["verdict"]["0"]["ratio_90"]
     assert report["verdict"]["0"]["ratio"] > 0 and 0 < low <= high
 
