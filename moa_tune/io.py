@@ -18,12 +18,30 @@ import numpy as np
 __all__ = ["atomic_dir", "atomic_file", "write_json", "write_npz", "write_text"]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path in ``path``'s folder; rename it onto ``path`` if the block succeeds.
+
+    The file gets the mode any other new file gets (0666 less the umask), not ``mkstemp``'s 0600:
+    a results folder meant to be shared must not be partly unreadable.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes[-1:]), dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -39,6 +57,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     try:
         yield staging
         if target.exists():

@@ -148,12 +148,50 @@ def _load_trials(folder: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{folder}: trials.csv lacks column(s) {', '.join(missing)}; not a moa-tune sweep folder")
+    frame = _with_finished_experiments(folder, frame)
     for column in ("stage", "family", "trial_id", "state"):
         frame[column] = frame[column].astype(str)
     for column in ["loss", "folds_done", "time_s", *_fold_columns(frame)]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
     frame["_number"] = frame.groupby(["stage", "family"], sort=False).cumcount() + 1
     return frame
+
+
+def _with_finished_experiments(folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials of every finished experiment from its ``done.json``, the rest from ``trials.csv``.
+
+    ``done.json`` is each finished experiment's own record (written before ``trials.csv``), and it
+    is what ``moa-tune status`` reads: a ``trials.csv`` cut short (a full disk, a copy in
+    progress) must not make the report show fewer trials than ``status`` does.
+    """
+    parts, replaced = [], set()
+    for done in sorted(folder.glob("*/*/done.json")):
+        try:
+            rows = json.loads(done.read_text()).get("trials") or []
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        replaced.add((done.parent.parent.name, done.parent.name))
+        if rows:
+            parts.append(pd.DataFrame(rows))
+    if not replaced:
+        return frame
+    keep = ~pd.Series([(st, fa) in replaced for st, fa in zip(frame["stage"].astype(str), frame["family"].astype(str))],
+                      index=frame.index, dtype=bool)
+    merged = pd.concat([*parts, frame[keep]], ignore_index=True, sort=False) if parts else frame[keep]
+    # experiments in the order the sweep runs them (sweep.yaml's stages, then trials.csv's), any other after them
+    planned: list[tuple[str, str]] = []
+    try:
+        import yaml
+
+        for entry in (yaml.safe_load((folder / "sweep.yaml").read_text()) or {}).get("stages") or []:
+            planned.extend((str(entry["stage"]), str(f)) for f in entry.get("families") or [])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        planned = []
+    seen = zip(frame["stage"].astype(str), frame["family"].astype(str))
+    order = {key: i for i, key in enumerate(dict.fromkeys([*planned, *seen]))}
+    position = [order.get(key, len(order)) for key in zip(merged["stage"].astype(str), merged["family"].astype(str))]
+    return merged.assign(_order=position).sort_values("_order", kind="stable").drop(columns="_order") \
+        .reset_index(drop=True)
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame | None, str | None]:

@@ -201,3 +201,21 @@ def test_report_renders_in_headless_chromium(demo: dict, tmp_path: Path) -> None
     assert png.is_file(), f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_a_trials_csv_cut_short_does_not_hide_finished_experiments(demo: dict, tmp_path: Path) -> None:
+    """Finished experiments are read from their done.json, as `moa-tune status` reads them."""
+    from moa_tune.report import _load_trials
+
+    folder = shutil.copytree(demo["folder"], tmp_path / "cut")
+    full = pd.read_csv(folder / "trials.csv")
+    for (stage, family), rows in full.groupby(["stage", "family"], sort=False):
+        (folder / stage / family).mkdir(parents=True)
+        records = json.loads(rows.to_json(orient="records"))
+        (folder / stage / family / "done.json").write_text(json.dumps({"trials": records, "finished": 1.0}))
+    text = (folder / "trials.csv").read_text().splitlines()
+    (folder / "trials.csv").write_text("\n".join(text[:2]) + "\n")  # the header and one trial left
+    loaded = _load_trials(folder)
+    assert len(loaded) == len(full)
+    assert loaded[["stage", "family", "trial_id"]].astype(str).values.tolist() == \
+        full[["stage", "family", "trial_id"]].astype(str).values.tolist()
