@@ -77,6 +77,19 @@ class Dimension:
     has_otherwise: bool = False
 
 
+def _value_problem(dim: Dimension, value: Any) -> str | None:
+    """Why ``value`` can never be a value of ``dim`` (None when it can)."""
+    if dim.type == "categorical":
+        if not any(value == c and type(value) is type(c) for c in dim.choices):
+            return f"{value!r} is not one of {list(dim.choices)}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (dim.type == "int" and not isinstance(value, int)):
+        return f"must be {'an int' if dim.type == 'int' else 'a number'}, got {value!r}"
+    if not dim.low <= value <= dim.high:
+        return f"{value!r} is outside the searched range [{dim.low:g}, {dim.high:g}]"
+    return None
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A checked search space; calling it with an Optuna trial samples one configuration.
@@ -134,16 +147,7 @@ class SearchSpace:
         A point to evaluate is told to Optuna as it is: outside its distribution it makes an errored
         trial or an Optuna traceback once Ray has started, so the sweep file is checked first.
         """
-        dim = next(d for d in self.dimensions if d.name == name)
-        if dim.type == "categorical":
-            if not any(value == c and type(value) is type(c) for c in dim.choices):
-                return f"{value!r} is not one of {list(dim.choices)}"
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (dim.type == "int" and not isinstance(value, int)):
-            return f"must be {'an int' if dim.type == 'int' else 'a number'}, got {value!r}"
-        if not dim.low <= value <= dim.high:
-            return f"{value!r} is outside the searched range [{dim.low:g}, {dim.high:g}]"
-        return None
+        return _value_problem(next(d for d in self.dimensions if d.name == name), value)
 
     def fixing(self, values: Mapping[str, Any]) -> "SearchSpace":
         """This space with the parameters in ``values`` turned into constants.
@@ -184,6 +188,12 @@ def _parse_dimension(source: str, name: str, spec: Any, declared: Mapping[str, P
         if key not in earlier:
             raise _fail(source, name, f"'when' refers to '{key}', which is not a parameter defined above it")
         when[key] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        # a value a searched parameter never takes makes a condition that never holds (a typo); a
+        # fixed switch (search.umap: false) legitimately keeps its conditional parameters dormant
+        for value in when[key] if earlier[key].type != "fixed" else ():
+            problem = _value_problem(earlier[key], value)
+            if problem:
+                raise _fail(source, name, f"'when' on '{key}': {problem}, so the condition can never hold")
     if "else" in spec and not when:
         raise _fail(source, name, "'else' needs a 'when' condition")
     otherwise = spec.get("else")

@@ -83,6 +83,10 @@ BAD_SPACES = {
     "when refers to later": ({"family": "mlp", "params": {
         "features.gene_pca": {"type": "int", "low": 1, "high": 9, "when": {"search.pca": True}},
         "search.pca": {"type": "categorical", "choices": [True, False]}}}, ["'features.gene_pca'", "not a parameter defined above"]),
+    "when never holds": ({"family": "mlp", "params": {  # (names in the order safe_dump sorts them)
+        "model.activation": {"type": "categorical", "choices": ["relu", "elu"]},
+        "model.n_layers": {"type": "int", "low": 1, "high": 3, "when": {"model.activation": "selu"}}}},
+        ["'model.n_layers'", "'when' on 'model.activation': 'selu' is not one of", "can never hold"]),
     "unknown key": ({"family": "mlp", "params": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2, "lgo": True}}},
                     ["'train.lr'", "unknown key 'lgo'"]),
     "unknown family": ({"family": "mlpp", "params": {}}, ["'family'", "Did you mean 'mlp'"]),
