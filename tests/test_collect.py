@@ -368,7 +368,8 @@ def test_report_cli_covers_the_sweep_and_its_collection(collected, tmp_path: Pat
 
 #: What a sweep, its collection, report and submission may write under results/, each read back
 #: here by a loader that cannot execute code.
-SAFE_SUFFIXES = {".json", ".csv", ".yaml", ".npy", ".npz", ".safetensors", ".cbm", ".html", ".png"}
+SAFE_SUFFIXES = {".json", ".csv", ".yaml", ".npy", ".npz", ".safetensors", ".cbm", ".html", ".png",
+                 ".lock"}  # results/.NAME.lock: one line of text naming the holder (moa_tune.lock)
 
 
 def test_nothing_under_results_is_a_pickle_or_executable(collected, capsys) -> None:
@@ -406,6 +407,8 @@ def test_nothing_under_results_is_a_pickle_or_executable(collected, capsys) -> N
             json.loads(path.read_text())
         elif path.suffix == ".yaml":
             yaml.safe_load(path.read_text())
+        elif path.suffix == ".lock":
+            assert path.name.startswith(".") and len(path.read_text().splitlines()) <= 1, path
     # Ray Tune's resume state is pickled: it went to the experiments root the sweep recorded, outside results/
     root = Path(yaml.safe_load((out / "sweep.yaml").read_text())["_storage"])
     assert not root.is_relative_to(collected["root"] / "results")
