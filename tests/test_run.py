@@ -108,23 +108,31 @@ def _collect_gives_direct_the_seeds_the_chain_cannot_afford(run_dir: Path) -> No
     direct trial 100 s, a chain trial 1000 s, and 1000 s left: a 2nd seed fits direct (100 s), not
     the chain (3000 s more)."""
     import json
-    import time
-
-    from moa_tune.budget import Budget, JobPlan
-    from moa_tune.collect import collect
+    import sys
+    import textwrap
 
     for done in run_dir.glob("*/*/done.json"):
         record = json.loads(done.read_text())
         for row in record["trials"]:
             row["time_s"] = 100.0 if done.parent.parent.name == "direct" else 1000.0
         done.write_text(json.dumps(record))
-    total = 10_000.0
-    plan = JobPlan(Budget(total), [], n_seeds=2, slots=2)
-    plan.budget.started = time.time() + 1000.0 + plan.tail_s - total  # the collect deadline: 1000 s from now
-    lines: list[str] = []
-    result = collect(run_dir, plan=plan, num_cpus=2, emit=lines.append)
+    # in a fresh process: a Ray started in this one keeps its token-auth state for the later tests' Rays
+    code = textwrap.dedent(f"""
+        import json, time
+        from moa_tune.budget import Budget, JobPlan
+        from moa_tune.collect import collect
+        plan = JobPlan(Budget(10_000.0), [], n_seeds=2, slots=2)
+        plan.budget.started = time.time() + 1000.0 + plan.tail_s - 10_000.0  # collect deadline: 1000 s from now
+        lines = []
+        result = collect({str(run_dir)!r}, plan=plan, num_cpus=2, emit=lines.append)
+        print(json.dumps({{"lines": lines, "seeds": dict(zip(result.components.id, map(int, result.components.n_seeds)))}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(run_dir.parent.parent / "home-collect"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    lines, seeds = out["lines"], out["seeds"]
     assert any("seeds that fit of 2: direct 2, stage1 1, stage2 1, stage3 1" in line for line in lines), lines
-    seeds = dict(zip(result.components.id, result.components.n_seeds))
     assert {cid: n for cid, n in seeds.items() if cid.startswith("direct")} == {"direct-mlp-r1": 2, "direct-linear-r1": 2}
     assert all(n == 1 for cid, n in seeds.items() if not cid.startswith("direct")), seeds
     manifest = json.loads((run_dir / "ensemble" / "manifest.json").read_text())
