@@ -188,8 +188,9 @@ class Ensemble:
             raise ExportError(f"{path}: no such export folder (give results/<sweep>/ensemble)")
         if not manifest_path.is_file():
             raise ExportError(f"{path}: missing {MANIFEST} (not a moa-tune export)")
-        if expect_sha256 is not None and sha256(manifest_path) != expect_sha256.strip().lower():
-            raise ExportError(f"{manifest_path}: sha256 {sha256(manifest_path)} is not the expected {expect_sha256} "
+        digest = sha256(manifest_path) if expect_sha256 is not None else None
+        if digest is not None and digest != expect_sha256.strip().lower():
+            raise ExportError(f"{manifest_path}: sha256 {digest} is not the expected {expect_sha256} "
                               f"(the export was changed or is another one)")
         try:
             manifest = json.loads(manifest_path.read_text())
