@@ -12,7 +12,9 @@ the whole job (sweep, collect, export, predict, report) and the job plans as it 
   capped at ``collect_share`` of the budget. A component's first seed is its sweep trial, reused,
   so one seed costs nothing and always fits: a run never lacks an ensemble for want of collect
   time. Seeds are planned per stage (:func:`seed_plan`): the stages of a chain take one number,
-  and ``direct``, which feeds nothing, takes the further seeds the chain cannot afford;
+  and ``direct``, which feeds nothing, takes the further seeds the chain cannot afford. Further
+  seeds are reserved only while every experiment still to run affords a few full trials
+  (``JobPlan.min_search_trials``): the search comes first;
 - the *sweep* gets the rest. Its experiments (family x stage) run one after the other; each gets
   an equal share of the sweep time left when it starts, so time an early experiment does not use
   (it ran out of trials) goes to the later ones, and the estimate of the collector's reserve is
@@ -166,6 +168,11 @@ class JobPlan:
     ``collect_share``: the most of the budget the collector may take; ``tail_share``: the reserve of
     the export, prediction and report (both fractions of the budget). With ``collect=False`` (a
     sweep run on its own) the sweep gets everything.
+    ``min_search_trials``: the full trials each experiment still to run must be able to afford
+    before the collector's seeds beyond the first are given any of the sweep's time. A seed
+    average narrows a model's variance by a few percent; a search that affords only its known-good
+    first point finds nothing, and on a budget where one full trial is a fifth of the job (measured:
+    bench/main_job.py, semi-real data) reserving three seeds left every experiment less than one.
     """
 
     budget: Budget
@@ -177,6 +184,7 @@ class JobPlan:
     collect_share: float = 0.35
     tail_share: float = 0.08
     tail_min_s: float = 15.0
+    min_search_trials: int = 3
     #: (stage, family) -> full-CV seconds of its completed trials, as measured
     measured: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     #: experiments that will not run (the sweep skipped them): they give the collector nothing to train
@@ -224,24 +232,52 @@ class JobPlan:
     def collect_cap_s(self) -> float:
         return self.collect_share * self.budget.total_s if self.collect else 0.0
 
-    def collect_reserve_s(self) -> float:
-        """Seconds kept for the collector: its estimated time with as many seeds as fit the cap."""
+    def _remaining(self) -> list[tuple[str, str]]:
+        """Experiments still to run: neither measured (finished) nor dropped."""
+        return [e for e in self.experiments if e not in self.measured and e not in self.dropped]
+
+    def _search_needs_s(self) -> float:
+        """Sweep seconds that let every experiment still to run afford ``min_search_trials`` full trials.
+
+        An experiment not run yet is costed at the median full trial measured so far; ``slots`` trials
+        run at once, and a trial is not split across slots (3 trials on 2 slots take 2 trial times).
+        """
+        every = sorted(t for times in self.measured.values() for t in times)
+        if not every:
+            return 0.0
+        rounds = math.ceil(self.min_search_trials / max(1, self.slots))
+        return len(self._remaining()) * rounds * every[len(every) // 2]
+
+    def collect_reserve_s(self, now: float | None = None) -> float:
+        """Seconds kept for the collector's seeds beyond the first (the first is the sweep's own trial).
+
+        The most seeds (up to ``n_seeds``, within the collector's cap) whose estimated time still
+        leaves every experiment to run its ``min_search_trials``; none while nothing is measured (the
+        search comes first, and whatever the sweep leaves unspent still goes to seeds: the collector
+        fits its seeds to the time actually left, :func:`seed_plan`).
+        """
         if not self.collect:
             return 0.0
         per_stage = self._component_seconds()
-        if not per_stage:  # nothing measured yet: keep the whole cap
-            return self.collect_cap_s()
-        seeds = seed_plan(per_stage, self.n_seeds, self.slots, self.collect_cap_s())
-        return collect_seconds(per_stage, seeds, self.slots)  # within the cap: one seed is the sweep's own
+        if not per_stage:
+            return 0.0
+        now = time.time() if now is None else now
+        sweep_left = self.budget.deadline - self.tail_s - now
+        needs = self._search_needs_s()
+        for k in range(self.n_seeds, 1, -1):
+            reserve = collect_seconds(per_stage, seed_plan(per_stage, k, self.slots, self.collect_cap_s()), self.slots)
+            if reserve > 0 and sweep_left - reserve >= needs:
+                return reserve
+        return 0.0
 
-    def sweep_deadline(self) -> float:
+    def sweep_deadline(self, now: float | None = None) -> float:
         """Wall-clock time (``time.time()``) by which the sweep must end."""
-        return self.budget.deadline - self.tail_s - self.collect_reserve_s()
+        return self.budget.deadline - self.tail_s - self.collect_reserve_s(now)
 
     def experiment_slice(self, remaining_experiments: int, now: float | None = None) -> float:
         """Seconds the next experiment may run: an equal share of the sweep time left."""
         now = time.time() if now is None else now
-        return max(0.0, (self.sweep_deadline() - now) / max(1, remaining_experiments))
+        return max(0.0, (self.sweep_deadline(now) - now) / max(1, remaining_experiments))
 
     def collect_deadline(self) -> float:
         return self.budget.deadline - self.tail_s
@@ -262,12 +298,12 @@ class JobPlan:
         stops the job when it has nothing to blend yet.
         """
         now = time.time() if now is None else now
-        left = self.sweep_deadline() - now
+        left = self.sweep_deadline(now) - now
         fastest = self.fastest_full_trial()
         need = trials_needed * fastest if fastest is not None else 0.0
         if left > need and left > 0:
             return
-        reserve = self.tail_s + self.collect_reserve_s()
+        reserve = self.tail_s + self.collect_reserve_s(now)
         spent = now - self.budget.started
         floor = spent + max(need, 0.0) + reserve
         if fastest is None:  # nothing measured: starting Ray and one trial per stage take a minute or more

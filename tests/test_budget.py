@@ -73,21 +73,29 @@ def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest
     budget = Budget(600.0, started=1000.0)
     plan = JobPlan(budget, [("direct", "mlp"), ("stage1", "mlp"), ("stage2", "mlp")], top_k=1, n_seeds=3, slots=2)
     assert plan.tail_s == pytest.approx(48.0)  # 8% of 10 min
-    assert plan.collect_reserve_s() == pytest.approx(0.35 * 600)  # nothing measured: the whole cap
+    # nothing measured: no seed is reserved, the search comes first
+    assert plan.collect_reserve_s(now=1000.0) == 0
+    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 48) / 3)
     plan.record("direct", "mlp", [40.0, 20.0, 30.0])  # best first: the best trial took 40 s
     # direct's component is its best trial (40 s); the experiments not run yet cost the median full trial,
     # 30 s. 3 seeds: direct trains 2 (80 s on 2 slots), stage1 2 (30 s on 2 slots), stage2 all 3 (45 s)
-    assert plan.collect_reserve_s() == pytest.approx(40 + 30 + 45)
-    assert plan.sweep_deadline() == pytest.approx(1000 + 600 - 48 - 115)
-    assert plan.experiment_slice(3, now=1000.0) == pytest.approx((600 - 48 - 115) / 3)
-    # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component
+    assert plan.collect_reserve_s(now=1000.0) == pytest.approx(40 + 30 + 45)
+    assert plan.sweep_deadline(now=1000.0) == pytest.approx(1000 + 600 - 48 - 115)
+    assert plan.experiment_slice(2, now=1000.0) == pytest.approx((600 - 48 - 115) / 2)
+    # the 2 experiments still to run must afford 3 full trials each (2 rounds of 30 s on 2 slots): 120 s.
+    # With 234 s of sweep time left, 3 seeds would leave 119: 2 seeds (direct 40, stage1 30, stage2 2 x 30 / 2)
+    assert plan.collect_reserve_s(now=1000 + 552 - 234) == pytest.approx(40 + 30 + 30)
+    # with 200 s left even 2 seeds would starve the search: none reserved (time left unspent still goes to seeds)
+    assert plan.collect_reserve_s(now=1000 + 552 - 200) == 0
+    # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component;
+    # with nothing left to search, the seeds take what they need
     plan.drop("stage2", "mlp")
-    assert plan.collect_reserve_s() == pytest.approx(40 + 30)
+    assert plan.collect_reserve_s(now=1000.0) == pytest.approx(40 + 30)
     plan.record("stage1", "mlp", [])
-    assert plan.collect_reserve_s() == pytest.approx(40)
+    assert plan.collect_reserve_s(now=1352.0) == pytest.approx(40)
     # trials too slow for more seeds within the cap: one seed, the sweep's own, costing nothing
     plan.record("direct", "mlp", [500.0])
-    assert plan.collect_reserve_s() == 0 and plan.sweep_deadline() == pytest.approx(1000 + 600 - 48)
+    assert plan.collect_reserve_s(now=1000.0) == 0 and plan.sweep_deadline(now=1000.0) == pytest.approx(1000 + 600 - 48)
     sweep_only = JobPlan(budget, [("direct", "mlp")], collect=False)
     assert sweep_only.sweep_deadline() == budget.deadline and sweep_only.tail_s == 0
 
