@@ -7,7 +7,9 @@ traceback. Warnings are printed on one line too (``warning: ...``).
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import MoaTuneError
+from .errors import Interrupted, MoaTuneError
 
 app = typer.Typer(
     name="moa-tune",
@@ -435,8 +437,10 @@ def sweep(
     _hold(Path(out_path), "sweep")
     if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
         _remove_run(out_path)
-    result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
-                       num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
+    with _interrupted_says(f"the sweep was interrupted; what it finished is kept; go on with: moa-tune sweep "
+                           f"--resume {out_path}", keep=True):
+        result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
+                           num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
     out.print(f"{len(result.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for (stage, family), meta in result.best.items():
@@ -463,9 +467,11 @@ def collect_cmd(
 
     if (sweep_dir / "sweep.yaml").is_file():  # else collect says what is wrong with the folder
         _hold(sweep_dir, "collect")
-    result = collect(sweep_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
-                     data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit,
-                     dashboard_host=dashboard_host)
+    with _interrupted_says(f"collect was interrupted; nothing was exported and the sweep is untouched; collect "
+                           f"again with: moa-tune collect {sweep_dir}"):
+        result = collect(sweep_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
+                         data_dir=data_dir, address=address, num_cpus=num_cpus, emit=_emit,
+                         dashboard_host=dashboard_host)
     _print_blend(result.blend)
     out.print(f"wrote {result.path / 'collect'} and {result.export}")
     out.print(f"export manifest sha256 {manifest_digest(result.export)} (pin it: moa-tune predict --expect-sha256)")
@@ -565,14 +571,12 @@ def run_cmd(
     """The whole job: sweep every family x stage, collect, blend, export, predict the test set, report."""
     from dataclasses import replace
 
-    import ray
-
     from .budget import Budget, JobPlan, format_seconds, parse_budget
     from .collect import collect
     from .errors import ConfigError
     from .predict import Ensemble, submission_frame
     from .report import write_report
-    from .sweep import _init_ray, check_local_resources, load_sweep_data
+    from .sweep import _init_ray, check_local_resources, load_sweep_data, shutdown_ray
     from .sweep_spec import check_run_name, load_sweep
 
     started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
@@ -608,15 +612,19 @@ def run_cmd(
     ours = _init_ray(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
-        result = _budgeted_sweep(spec, data, run_dir, address, storage, plan)
+        with _interrupted_says(f"the run was interrupted in its sweep; the experiments and trials it finished are "
+                               f"kept; go on with: moa-tune sweep --resume {run_dir} && moa-tune collect {run_dir}"):
+            result = _budgeted_sweep(spec, data, run_dir, address, storage, plan)
         sweep_done = time.perf_counter()
         step(3, "collect: retrain the best configurations with several seeds, blend, export")
-        collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
-                            data=data, address=address, emit=_emit, plan=plan)
+        with _interrupted_says(f"the run was interrupted while collecting; its sweep is complete and kept; go on "
+                               f"with: moa-tune collect {run_dir}"):
+            collected = collect(run_dir, top_k=top_k, seeds=None if n_seeds is None else list(range(n_seeds)),
+                                data=data, address=address, emit=_emit, plan=plan)
         collect_done = time.perf_counter()
     finally:
         if ours:
-            ray.shutdown()
+            shutdown_ray()
     _print_blend(collected.blend)
     step(4, "predict the test set from the export (no Ray)")
     ensemble = Ensemble.load(collected.export)
@@ -665,15 +673,21 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Where a sweep stands, from its files (no Ray): trials per family x stage, best so far, what remains."""
+    from .ray_leftovers import leftovers
     from .status import status_lines, status_table, sweep_status
 
     summary = sweep_status(sweep_dir)
+    left = leftovers()
+    summary["ray_leftovers"] = [{"driver": x.driver, "pids": [p.pid for p in x.processes]} for x in left]
     if as_json:
         out.print_json(json.dumps(summary))
         return
     out.print(status_table(summary))
     for line in status_lines(summary):
         out.print(line, markup=False)
+    for leftover in left:
+        out.print(f"still running: {leftover.describe()}; the next moa-tune sweep, collect or run on this machine "
+                  f"stops them", markup=False)
 
 
 def _read_sample(directory: Path):
@@ -739,6 +753,50 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"warning: {message}", soft_wrap=True, markup=False)
 
 
+@contextmanager
+def _interrupted_says(message: str, keep: bool = False) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM inside the block ends the command saying ``message``: what was kept, how to go on.
+
+    ``keep``: an :class:`Interrupted` raised inside (the sweep names the experiment it stopped)
+    keeps its own text.
+    """
+    try:
+        yield
+    except Interrupted:
+        if keep:
+            raise
+        raise Interrupted(message) from None
+    except KeyboardInterrupt:
+        raise Interrupted(message) from None
+
+
+@contextmanager
+def _sigterm_handled_as_ctrl_c() -> Iterator[None]:
+    """:func:`_sigterm_as_ctrl_c` while a command runs (the handler from before is put back after it)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _sigterm_as_ctrl_c(signum: int, frame) -> None:  # noqa: ANN001 (a frame)
+    """SIGTERM (``kill``, a job scheduler, ``docker stop``) is handled as Ctrl-C.
+
+    By whatever handles SIGINT at that moment: Ray Tune's during a sweep's ``fit()`` (it ends the
+    experiment and saves its state, :func:`moa_tune.sweep.fit_or_interrupted`), Python's
+    KeyboardInterrupt elsewhere, even where the shell started moa-tune with SIGINT ignored.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 #: Context managers a command enters for its whole life (``_hold``); closed by :func:`main` however it ends.
 _HELD: ExitStack | None = None
 
@@ -764,12 +822,13 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     try:
         with ExitStack() as _HELD:  # what a command holds until it ends (its run folder's lock)
+            _HELD.enter_context(_sigterm_handled_as_ctrl_c())
             app(args=argv, prog_name="moa-tune")
     except MoaTuneError as exc:
         err.print(f"error: {exc}", soft_wrap=True, markup=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except (Interrupted, KeyboardInterrupt) as exc:  # Ctrl-C or SIGTERM: what was kept and how to go on, exit code 130
+        err.print(f"interrupted: {exc}" if str(exc) else "interrupted", soft_wrap=True, markup=False)
         sys.exit(130)
     except OSError as exc:  # a full disk, a denied or missing path: the environment, told in one line
         where = exc.filename if exc.filename is not None else None

@@ -49,7 +49,7 @@ from .metric import columnwise_log_loss, log_loss
 from .predict import combine_inputs, mean_of
 from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
 from .sweep import (DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, recorded_storage, resume_spec,
-                    trial_config)
+                    shutdown_ray, trial_config)
 from .sweep_spec import SweepSpec
 
 __all__ = ["Candidate", "CollectResult", "Component", "collect", "reuse_trial", "top_configs"]
@@ -451,7 +451,7 @@ def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds_
         return components, stages
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _blend_and_write(sweep_dir: Path, components: Sequence[Component], stages: list[dict[str, Any]],

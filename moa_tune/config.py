@@ -50,6 +50,7 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     stage = config.get("stage", "direct")
     if stage not in STAGE_PARAMS:
         raise ConfigError(f"Unknown stage '{stage}'.{suggest_name(str(stage), list(STAGE_PARAMS))}")
+    family.check_stage(stage)
     return {
         "family": family.name,
         "stage": stage,

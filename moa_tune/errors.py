@@ -48,3 +48,13 @@ class ExportError(MoaTuneError):
 
 class DataWarning(UserWarning):
     """Suspicious but usable data (for example positive targets on control rows)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM stopped the work; the text says what was kept and how to go on.
+
+    A BaseException like KeyboardInterrupt, so that no ``except Exception`` on the way takes it for
+    a failure, and ``finally`` blocks still shut the local Ray down. Not a KeyboardInterrupt: the
+    CLI framework turns those into a silent exit; :func:`moa_tune.cli.main` prints this text on one
+    line and exits with code 130.
+    """

@@ -33,12 +33,15 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import optuna
@@ -50,9 +53,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .budget import BUDGET_KEY, Budget, BudgetError, JobPlan, format_seconds
 from .data import MoaData
-from .errors import ConfigError, MoaTuneError
+from .errors import ConfigError, Interrupted, MoaTuneError
 from .folds import Folds
 from .io import write_json, write_text
+from .ray_leftovers import start_recording, stop_leftovers, stop_recording
 from .search_space import SearchSpace
 from .stages import NEEDS_INPUTS, Predictions, inputs_digest
 from .sweep_spec import SweepSpec, parse_sweep
@@ -473,6 +477,23 @@ def _token_source() -> str:
     return str(Path.home() / ".ray" / "auth_token")
 
 
+@contextmanager
+def _our_sigterm_handler_kept() -> Iterator[None]:
+    """Keep the Python SIGTERM handler set before ``ray.init`` (the CLI's: SIGTERM handled as Ctrl-C).
+
+    ``ray.init`` replaces it with one that calls ``sys.exit(15)`` at once (and Ray's core worker
+    adds a C-level one that prints a stack): the sweep would stop with no state saved, no message
+    and no Ray shutdown. Only a handler someone set in Python is put back; without one, Ray's stays.
+    """
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main else None
+    try:
+        yield
+    finally:
+        if on_main and callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
 def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
               emit: Callable[[str], None] | None = None) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a new local Ray; True when we started it.
@@ -488,12 +509,17 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     prepare_token_auth(starting_local=not address)
     if address:
-        ray.init(address=address, **kwargs)
+        with _our_sigterm_handler_kept():
+            ray.init(address=address, **kwargs)
         return True
     # Ray waits 30 s for a new GCS to publish its port; a loaded 2-core machine can take longer (seen in
     # CI with a benchmark running). Give it 2 minutes unless the user set Ray's own knob.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **kwargs)
+    stop_leftovers(emit)  # what the local Ray of an earlier, killed moa-tune left running
+    with _our_sigterm_handler_kept():
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                           **kwargs)
+    start_recording()
     url = getattr(context, "dashboard_url", None)
     if emit is not None and url:
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
@@ -502,6 +528,12 @@ def _init_ray(address: str | None, num_cpus: int | None, dashboard_host: str = D
             note = "no token authentication: anyone who can reach it controls this Ray"
         emit(f"Ray dashboard: http://{url} ({note})")
     return True
+
+
+def shutdown_ray() -> None:
+    """Shut down the Ray this process started (:func:`_init_ray` returned True): its processes end with it."""
+    ray.shutdown()
+    stop_recording()
 
 
 #: Where Ray Tune keeps the experiments of sweeps run without ``--storage``.
@@ -782,7 +814,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         how_many += f" for {format_seconds(slice_s)} of the budget"
                     emit(f"[{label}] {how_many}, up to {concurrency} at once, {folds.n_splits} folds each, "
                          f"{spec.scheduler.upper()} scheduler, TPE after {n_startup} random trials")
-                grid = tuner.fit()
+                grid = fit_or_interrupted(tuner, f"the sweep was interrupted in {label}; the experiments and "
+                                          f"trials it finished are kept; go on with: moa-tune sweep --resume {out}")
                 rows = _trial_rows(grid, stage_spec.stage, family, folds.n_splits, spec.fixed_for(family))
                 _keep_top_fitted(grid, rows, spec.collect["top_k"])
                 all_rows.extend(rows)
@@ -816,7 +849,37 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         return SweepResult(out, trials, best)
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def fit_or_interrupted(tuner: tune.Tuner, message: str) -> tune.ResultGrid:
+    """``tuner.fit()``, raising :class:`Interrupted` (with ``message``) when Ctrl-C or SIGTERM ended it.
+
+    ``fit()`` installs its own SIGINT handler: the first Ctrl-C ends the experiment gracefully
+    (Tune saves its state with the running trials as running, so ``Tuner.restore`` goes on with
+    them from their last fold) and ``fit()`` returns as if it had finished. Left at that, the
+    sweep would record the interrupted experiment as done and go on. Tune's handler puts back the
+    handler it found, and leaves its own in place after a normal end; so a marker handler set
+    before ``fit()`` and found again after it says the fit was interrupted. The handler from
+    before is restored either way (Tune's, left in place, would swallow the next Ctrl-C, in the
+    collector). SIGTERM reaches the same handler (:func:`moa_tune.cli.main`).
+    """
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") != "0":
+        return tuner.fit()  # no handler of Tune's: a Ctrl-C raises KeyboardInterrupt out of fit() itself
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is _raise_keyboard_interrupt
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if interrupted:
+        raise Interrupted(message)
+    return grid
 
 
 def _measure(plan: JobPlan | None, trial_seconds: list[float], stage: str, family: str,

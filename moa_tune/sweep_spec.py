@@ -157,7 +157,7 @@ def check_run_name(name: object, where: str) -> str:
 def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path | None = None) -> SweepSpec:
     """A checked :class:`SweepSpec`; every error names ``source`` and the key."""
     from .config import resolve_config, set_path
-    from .models import FAMILIES
+    from .models import FAMILIES, get_family
     from .stages import NEEDS_INPUTS, STAGES
 
     for key in raw:
@@ -243,6 +243,10 @@ def parse_sweep(raw: Mapping[str, Any], source: str = "<sweep>", base_dir: Path 
             if family not in FAMILIES:
                 raise ConfigError(f"{source}: '{where}.families': unknown model family {family!r}."
                                   f"{suggest_name(str(family), list(FAMILIES))}")
+            try:
+                get_family(family).check_stage(stage)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: '{where}': {exc}") from None
         trials = _int(source, f"{where}.trials", entry.get("trials"), 1, nullable=True)
         inputs = entry.get("inputs", "per_family" if stage == "stage3" else "best")
         if inputs not in ("best", "per_family"):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..params import Param, resolve
 
 if TYPE_CHECKING:
@@ -70,6 +71,14 @@ class Family(ABC):
     #: True when ``build`` makes a torch network that moa-tune's loop trains and saves as
     #: safetensors; False for an :class:`ExternalFamily` (checks of networks skip those).
     torch_network: ClassVar[bool] = True
+    #: Stages this family cannot run, each with the reason a user is told (checked when a sweep
+    #: file or a config is read, before anything starts).
+    cannot_run: ClassVar[Mapping[str, str]] = {}
+
+    def check_stage(self, stage: str) -> None:
+        """A ConfigError (one line, with the reason) when this family cannot run ``stage``."""
+        if stage in self.cannot_run:
+            raise ConfigError(f"family '{self.name}' cannot run stage '{stage}': {self.cannot_run[stage]}")
 
     def resolve(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         """The ``model`` section checked against :attr:`params`, defaults filled in."""

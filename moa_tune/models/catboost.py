@@ -100,6 +100,8 @@ class CatBoostFamily(ExternalFamily):
     """CatBoost's multi-target trees (MultiCrossEntropy), early-stopped on the validation fold."""
 
     name = "catboost"
+    cannot_run = {"transfer": "trees have no pretraining phase and no weights to transfer; use stage direct, stage1, "
+                              "stage2 or stage3"}
     params = {
         "iterations": Param("int", 200, "Most trees per fold; early stopping usually ends sooner. Small by default "
                             "(a quick run); a sweep raises it with a lower learning rate.", low=1, high=100_000),
@@ -132,9 +134,8 @@ class CatBoostFamily(ExternalFamily):
         """
         from ..train import FoldFit, choose_device, predict
 
-        if epochs is not None or init_state is not None:
-            raise ConfigError("family 'catboost' cannot run stage 'transfer': trees have no pretraining phase and "
-                              "no weights to transfer; use stage direct, stage1, stage2 or stage3")
+        if epochs is not None or init_state is not None:  # a config that skipped check_stage
+            self.check_stage("transfer")
         p = train_params
         gpu = choose_device(p["device"]).type == "cuda"
         if gpu and model_params["rsm"] < 1:
