@@ -121,14 +121,14 @@ def main() -> None:
 
     import ray
 
-    from moa_tune.sweep import _init_ray
+    from moa_tune.ray_session import start_or_join
 
     settings = {k: getattr(args, k) for k in ("trials", "epochs", "folds", "seeds", "top_k")}
     report: dict = {"cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
                     "datasets": {}}
     names_to_run = [] if args.render_only else args.datasets.split(",")
     if names_to_run:
-        _init_ray(None, None)
+        start_or_join(None, None)
     try:
         with tempfile.TemporaryDirectory(prefix="moa-ensemble-bench-") as tmp:
             for name in names_to_run:

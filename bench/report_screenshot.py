@@ -2,7 +2,7 @@
 
 Writes ``report.html`` for a sweep folder (``moa_tune.report.write_report``) and saves a PNG of how a
 browser shows it, to look at the layout without opening a browser. Without a folder argument it
-builds the same small fake sweep as the tests (``moa_tune.report._demo_sweep``) in a temporary folder.
+builds the same small fake sweep as the tests (``moa_tune.testing.demo_sweep``) in a temporary folder.
 
 Usage: python bench/report_screenshot.py [SWEEP_DIR] [--out results/bench/report.png] [--size 1400,3000]
 Exits 2 when no chromium, chromium-browser or google-chrome binary is on PATH
@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moa_tune.report import _demo_sweep, write_report  # noqa: E402
+from moa_tune.report import write_report  # noqa: E402
+from moa_tune.testing import demo_sweep  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="moa-report-") as tmp:
         work = Path(tmp)
-        folder = args.sweep_dir if args.sweep_dir is not None else _demo_sweep(work / "demo-sweep")
+        folder = args.sweep_dir if args.sweep_dir is not None else demo_sweep(work / "demo-sweep")
         page = write_report(folder)
         screenshot(browser, page, args.out, args.size, work)
     print(args.out)

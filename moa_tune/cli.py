@@ -22,6 +22,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import Interrupted, MoaTuneError
+from .ray_session import DASHBOARD_HOST
 
 app = typer.Typer(
     name="moa-tune",
@@ -42,8 +43,6 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 DEFAULT_RESULTS = Path("results")
-#: moa_tune.sweep.DASHBOARD_HOST (not imported from there: that would import Ray for every command)
-DASHBOARD_HOST = "127.0.0.1"
 
 
 def _dashboard_host_option():  # noqa: ANN202 (a typer OptionInfo)
@@ -576,7 +575,8 @@ def run_cmd(
     from .errors import ConfigError
     from .predict import Ensemble, submission_frame
     from .report import write_report
-    from .sweep import _init_ray, check_local_resources, load_sweep_data, shutdown_ray
+    from .ray_session import shutdown, start_or_join
+    from .sweep import check_local_resources, load_sweep_data
     from .sweep_spec import check_run_name, load_sweep
 
     started = time.perf_counter() - (time.time() - PROCESS_START)  # the job's clock starts with the process
@@ -609,7 +609,7 @@ def run_cmd(
     _hold(run_dir, "run")
     if replace_run:  # every input checked: only now is the earlier run removed
         _remove_run(run_dir)
-    ours = _init_ray(address, num_cpus, dashboard_host, _emit)
+    ours = start_or_join(address, num_cpus, dashboard_host, _emit)
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
         with _interrupted_says(f"the run was interrupted in its sweep; the experiments and trials it finished are "
@@ -624,7 +624,7 @@ def run_cmd(
         collect_done = time.perf_counter()
     finally:
         if ours:
-            shutdown_ray()
+            shutdown()
     _print_blend(collected.blend)
     step(4, "predict the test set from the export (no Ray)")
     ensemble = Ensemble.load(collected.export)

@@ -48,8 +48,8 @@ from .io import atomic_dir, write_json, write_text
 from .metric import columnwise_log_loss, log_loss
 from .predict import combine_inputs, mean_of
 from .stages import NEEDS_INPUTS, Predictions, fold_fingerprint
-from .sweep import (DASHBOARD_HOST, DONE_MARKER, _init_ray, _quiet, load_sweep_data, recorded_storage, resume_spec,
-                    shutdown_ray, trial_config)
+from .ray_session import DASHBOARD_HOST, quiet, shutdown, start_or_join
+from .sweep import DONE_MARKER, load_sweep_data, recorded_storage, resume_spec, trial_config
 from .sweep_spec import SweepSpec
 
 __all__ = ["Candidate", "CollectResult", "Component", "collect", "reuse_trial", "top_configs"]
@@ -381,7 +381,7 @@ def collect(sweep_dir: str | os.PathLike, *, top_k: int | None = None, seeds: Se
     emit(f"[collect] {sweep_dir.name}: top {k} per family x stage, seeds {used_seeds}: {n_tasks} component seeds "
          f"of {folds.n_splits} folds (a sweep trial that matches one is reused, the others trained)")
 
-    _quiet()
+    quiet()
     for stale in [*sweep_dir.glob(".ensemble.tmp-*"), *sweep_dir.glob(".collect.tmp-*")]:
         # the staging folder of a collector that was killed: never renamed into place, safe to drop
         shutil.rmtree(stale, ignore_errors=True)
@@ -426,7 +426,7 @@ def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds_
                     num_cpus: int | None, dashboard_host: str, emit: Callable[[str], None]
                     ) -> tuple[list[Component], list[dict[str, Any]]]:
     """Stage by stage: the candidates x seeds (reused or Ray tasks), then the next stage's inputs from them."""
-    started = _init_ray(address, num_cpus, dashboard_host, emit)
+    started = start_or_join(address, num_cpus, dashboard_host, emit)
     try:
         data_ref = ray.put(data)
         stages: list[dict[str, Any]] = []
@@ -451,7 +451,7 @@ def _retrain_stages(plan_by_stage: Sequence[tuple[Any, list[Candidate]]], seeds_
         return components, stages
     finally:
         if started:
-            shutdown_ray()
+            shutdown()
 
 
 def _blend_and_write(sweep_dir: Path, components: Sequence[Component], stages: list[dict[str, Any]],

@@ -50,7 +50,15 @@ __all__ = ["DEFAULT_SWEEP", "DEFAULT_TRIALS", "SEARCH_SPACES", "StageSpec", "Swe
            "load_sweep", "parse_sweep"]
 
 #: The repository's search_spaces/ folder (the default place of family spaces and sweep files).
-SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+def _search_spaces() -> Path:
+    """The search spaces: the checkout's top-level ``search_spaces/`` (a source or editable install),
+    else the copy an installed wheel carries as ``moa_tune/search_spaces/`` (pyproject's package-dir)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "search_spaces"
+    return checkout if (checkout / "sweeps" / "default.yaml").is_file() else here / "search_spaces"
+
+
+SEARCH_SPACES = _search_spaces()
 DEFAULT_SWEEP = SEARCH_SPACES / "sweeps" / "default.yaml"
 
 TOP_KEYS = ("name", "data", "folds", "seed", "seeds", "budget", "time_budget_s", "scheduler", "asha", "resources", "max_concurrent",

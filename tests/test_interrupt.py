@@ -91,25 +91,36 @@ def linear_sweep(tmp_path: Path, name: str, stages: list[dict], **extra: object)
     return path
 
 
+def launch(tmp_path: Path, command: str, name: str, stages: list[dict], **extra: object
+           ) -> tuple[subprocess.Popen, Path, dict[str, str], Path]:
+    """``moa-tune COMMAND`` (sweep or run) of a small linear sweep: (driver, its log, its env, the run folder)."""
+    sweep = linear_sweep(tmp_path, name, stages, **extra)
+    results, log = tmp_path / "results", tmp_path / f"{command}.log"
+    env = subprocess_env(tmp_path / "home")
+    driver = start([command, "--config", str(sweep), "--results", str(results), "--num-cpus", "2"], log, env)
+    return driver, log, env, results / name
+
+
+def resume_sweep(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    resumed = subprocess.run(moa_tune("sweep", "--resume", str(out), "--num-cpus", "2"), capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return resumed
+
+
 def test_ctrl_c_mid_experiment_then_resume_keeps_every_trial_once(tmp_path: Path) -> None:
     n_trials = 6
-    sweep = linear_sweep(tmp_path, "cc", [{"stage": "direct", "families": ["linear"], "trials": n_trials}])
-    results, log = tmp_path / "results", tmp_path / "sweep.log"
-    env = subprocess_env(tmp_path / "home")
-    driver = start(["sweep", "--config", str(sweep), "--results", str(results), "--num-cpus", "2"], log, env)
+    driver, log, env, out = launch(tmp_path, "sweep", "cc", [{"stage": "direct", "families": ["linear"],
+                                                              "trials": n_trials}])
     wait_for(driver, log, r"trial \w+ completed")
     alive = signal_and_wait(driver, log, "ctrl-c")
-    out = results / "cc"
     assert_interrupted(driver, log, alive, "direct/linear", f"moa-tune sweep --resume {out}")
     finished_before = set(re.findall(r"trial (\w+) (?:completed|pruned)", log.read_text()))
     # not recorded as finished: no done.json, no trials.csv, so --resume goes on with it
     assert not (out / "direct" / "linear" / "done.json").exists()
     assert not (out / "trials.csv").exists()
 
-    resumed = subprocess.run(moa_tune("sweep", "--resume", str(out), "--num-cpus", "2"), capture_output=True,
-                             text=True, env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming" in resumed.stdout
+    assert "resuming" in resume_sweep(out, env).stdout
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == n_trials and trials.trial_id.is_unique, trials[["trial_id", "state"]]
     assert set(trials.state) <= {"completed", "pruned"}, trials[["state", "error"]]
@@ -119,24 +130,17 @@ def test_ctrl_c_mid_experiment_then_resume_keeps_every_trial_once(tmp_path: Path
 
 
 def test_sigterm_at_a_stage_start_of_a_run_then_the_named_commands_finish_it(tmp_path: Path) -> None:
-    sweep = linear_sweep(tmp_path, "st", [{"stage": "stage1", "families": ["linear"], "trials": 2},
-                                          {"stage": "stage2", "families": ["linear"], "trials": 2}])
-    results, log = tmp_path / "results", tmp_path / "run.log"
-    env = subprocess_env(tmp_path / "home")
-    driver = start(["run", "--config", str(sweep), "--results", str(results), "--num-cpus", "2"], log, env)
+    driver, log, env, out = launch(tmp_path, "run", "st", [{"stage": "stage1", "families": ["linear"], "trials": 2},
+                                                           {"stage": "stage2", "families": ["linear"], "trials": 2}])
     wait_for(driver, log, r"^\[stage2/linear\]")
     alive = signal_and_wait(driver, log, "sigterm")
-    out = results / "st"
     assert_interrupted(driver, log, alive, "in its sweep", f"moa-tune sweep --resume {out}",
                        f"moa-tune collect {out}")
     assert (out / "stage1" / "linear" / "done.json").exists()
     assert not (out / "stage2" / "linear" / "done.json").exists()  # not "finished" with no trial
     assert not (out / "ensemble").exists() and not (out / "submission.csv").exists()
 
-    resumed = subprocess.run(moa_tune("sweep", "--resume", str(out), "--num-cpus", "2"), capture_output=True,
-                             text=True, env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "[stage1/linear] already finished; kept" in resumed.stdout
+    assert "[stage1/linear] already finished; kept" in resume_sweep(out, env).stdout
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 4 and trials.trial_id.is_unique, trials[["trial_id", "stage", "state"]]
     assert (trials.stage == "stage2").sum() == 2
@@ -144,14 +148,10 @@ def test_sigterm_at_a_stage_start_of_a_run_then_the_named_commands_finish_it(tmp
 
 
 def test_sigterm_while_collecting_exports_nothing_and_collect_starts_again(tmp_path: Path) -> None:
-    sweep = linear_sweep(tmp_path, "co", [{"stage": "direct", "families": ["linear"], "trials": 2}],
-                         fixed={"train.epochs": 60, "train.early_stopping": 0, "train.batch_size": 16})
-    results, log = tmp_path / "results", tmp_path / "run.log"
-    env = subprocess_env(tmp_path / "home")
-    driver = start(["run", "--config", str(sweep), "--results", str(results), "--num-cpus", "2"], log, env)
+    driver, log, env, out = launch(tmp_path, "run", "co", [{"stage": "direct", "families": ["linear"], "trials": 2}],
+                                   fixed={"train.epochs": 60, "train.early_stopping": 0, "train.batch_size": 16})
     wait_for(driver, log, r"^\[collect\] .*seeds \[0, 1\]")  # planned; its retraining is under way
     alive = signal_and_wait(driver, log, "sigterm")
-    out = results / "co"
     assert_interrupted(driver, log, alive, "while collecting", f"moa-tune collect {out}")
     assert not (out / "ensemble").exists() and not (out / "collect").exists()
     assert (out / "trials.csv").exists()  # the sweep is complete and kept
@@ -163,11 +163,7 @@ def test_sigterm_while_collecting_exports_nothing_and_collect_starts_again(tmp_p
 
 
 def test_sigkill_leftovers_are_reported_by_status_and_stopped_by_the_next_start(tmp_path: Path) -> None:
-    sweep = linear_sweep(tmp_path, "kl", [{"stage": "direct", "families": ["linear"], "trials": 16}])
-    results, log = tmp_path / "results", tmp_path / "sweep.log"
-    env = subprocess_env(tmp_path / "home")
-    driver = start(["sweep", "--config", str(sweep), "--results", str(results), "--num-cpus", "2"], log, env)
-    out = results / "kl"
+    driver, log, env, out = launch(tmp_path, "sweep", "kl", [{"stage": "direct", "families": ["linear"], "trials": 16}])
     try:
         wait_for(driver, log, r"trial \w+ (?:completed|pruned)")
         time.sleep(3)  # the record has been refreshed since Ray started its agents (every 2 s)
@@ -185,10 +181,8 @@ def test_sigkill_leftovers_are_reported_by_status_and_stopped_by_the_next_start(
     assert status.returncode == 0, status.stderr[-2000:]
     assert "still running:" in status.stdout and f"pid {driver.pid}" in status.stdout, status.stdout[-2000:]
 
-    resumed = subprocess.run(moa_tune("sweep", "--resume", str(out), "--num-cpus", "2"), capture_output=True,
-                             text=True, env=env, timeout=600)
     try:
-        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        resumed = resume_sweep(out, env)
         assert f"stopping {len(still)} process(es) of a local Ray whose moa-tune (pid {driver.pid})" in resumed.stdout
         _, alive = psutil.wait_procs(ray_processes, timeout=30)
         assert not alive, [(p.pid, p.name()) for p in alive]

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from moa_tune.errors import ConfigError
-from moa_tune.report import _demo_sweep, _distribution, _evaluate, _study, write_report
+from moa_tune.report import _distribution, _evaluate, _study, write_report
+from moa_tune.testing import demo_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -30,7 +31,7 @@ HTML_ERROR = "ValueError: bad <b>value</b> & more"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo sweep folder and its report, written by a fresh interpreter that reports its modules."""
-    folder = _demo_sweep(tmp_path_factory.mktemp("report") / "sweep")
+    folder = demo_sweep(tmp_path_factory.mktemp("report") / "sweep")
     trials = pd.read_csv(folder / "trials.csv")
     trials.loc[trials["state"] == "errored", "error"] = HTML_ERROR  # checks escaping
     trials.to_csv(folder / "trials.csv", index=False)

@@ -34,7 +34,7 @@ def local_ray(tmp_path_factory):
     # an earlier in-process Ray of this pytest process left RAY_AUTH_MODE=token, whose token lives in the
     # old HOME: without this, the new Ray's GCS never starts (a timeout waiting for its port file)
     os.environ.pop("RAY_AUTH_MODE", None)
-    # as moa_tune.sweep._init_ray does: a loaded 2-core machine can take more than Ray's 30 s to start its GCS
+    # as moa_tune.ray_session.start_or_join does: a loaded 2-core machine can take more than Ray's 30 s to start its GCS
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield

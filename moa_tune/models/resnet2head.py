@@ -42,7 +42,7 @@ from ..params import Param
 from ._base import Family, MoaModel
 from .mlp import ACTIVATIONS, MAX_WIDTH, MIN_WIDTH, Block
 
-__all__ = ["SUBSETS", "ResNet2Head", "ResNet2HeadNet", "head_widths", "subset_columns"]
+__all__ = ["SUBSETS", "JoinedHeads", "ResNet2Head", "ResNet2HeadNet", "dense_head", "head_widths", "subset_columns"]
 
 #: ``subset`` parameter value -> the feature groups whose columns head B gets.
 SUBSETS: dict[str, tuple[str, ...]] = {
@@ -90,7 +90,7 @@ def subset_columns(subset: str, n_inputs: int, groups: Mapping[str, np.ndarray],
     return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
-def _head(n_in: int, widths: list[int], first_dropout: float, params: Mapping[str, Any]) -> nn.Sequential:
+def dense_head(n_in: int, widths: list[int], first_dropout: float, params: Mapping[str, Any]) -> nn.Sequential:
     blocks = []
     for i, width in enumerate(widths):
         blocks.append(Block(n_in, width, batch_norm=True, dropout=first_dropout if i == 0 else params["dropout"],
@@ -99,7 +99,7 @@ def _head(n_in: int, widths: list[int], first_dropout: float, params: Mapping[st
     return nn.Sequential(*blocks)
 
 
-class _JoinedHeads(MoaModel):
+class JoinedHeads(MoaModel):
     """The tail the ResNet families share: heads' outputs averaged or concatenated, a final block, the logits."""
 
     def _build_tail(self, n_heads: int, n_outputs: int, params: Mapping[str, Any]) -> None:
@@ -116,7 +116,7 @@ class _JoinedHeads(MoaModel):
         return self.out(self.final(joined))
 
 
-class ResNet2HeadNet(_JoinedHeads):
+class ResNet2HeadNet(JoinedHeads):
     """Head A on all features, head B on ``[x[:, subset_index], head_a(x)]``, heads joined, final block."""
 
     subset_index: torch.Tensor
@@ -125,9 +125,9 @@ class ResNet2HeadNet(_JoinedHeads):
         super().__init__()
         hidden, bottleneck = params["hidden_size"], params["bottleneck_size"]
         self.register_buffer("subset_index", torch.tensor(subset_index, dtype=torch.long))
-        self.head_a = _head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
+        self.head_a = dense_head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
                             params["input_dropout"], params)
-        self.head_b = _head(len(subset_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
+        self.head_b = dense_head(len(subset_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
                             params["subset_dropout"], params)
         self._build_tail(2, n_outputs, params)
 

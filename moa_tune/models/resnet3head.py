@@ -46,7 +46,8 @@ import torch
 
 from ..params import Param
 from ._base import Family
-from .resnet2head import BLOCK_PARAMS, COMBINES, HEAD_PARAMS, MAX_BLOCKS, _head, _JoinedHeads, head_widths, subset_columns
+from .resnet2head import (BLOCK_PARAMS, COMBINES, HEAD_PARAMS, MAX_BLOCKS, JoinedHeads, dense_head, head_widths,
+                          subset_columns)
 from .resnet2head import SUBSETS as TWO_HEAD_SUBSETS
 
 __all__ = ["SUBSETS", "ResNet3Head", "ResNet3HeadNet"]
@@ -67,7 +68,7 @@ def _subset_doc(head: str, reads: str) -> str:
             + f". Missing groups are skipped; if none is present head {head} gets all features.")
 
 
-class ResNet3HeadNet(_JoinedHeads):
+class ResNet3HeadNet(JoinedHeads):
     """Head A on all features, B on ``[x[:, subset_b], A]``, C on ``[x[:, subset_c], B]``, joined, final block."""
 
     subset_b_index: torch.Tensor
@@ -79,11 +80,11 @@ class ResNet3HeadNet(_JoinedHeads):
         hidden, bottleneck = params["hidden_size"], params["bottleneck_size"]
         self.register_buffer("subset_b_index", torch.tensor(subset_b_index, dtype=torch.long))
         self.register_buffer("subset_c_index", torch.tensor(subset_c_index, dtype=torch.long))
-        self.head_a = _head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
+        self.head_a = dense_head(n_inputs, head_widths(params["n_blocks_a"], hidden, bottleneck),
                             params["input_dropout"], params)
-        self.head_b = _head(len(subset_b_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
+        self.head_b = dense_head(len(subset_b_index) + bottleneck, head_widths(params["n_blocks_b"], hidden, bottleneck),
                             params["subset_b_dropout"], params)
-        self.head_c = _head(len(subset_c_index) + bottleneck, head_widths(params["n_blocks_c"], hidden, bottleneck),
+        self.head_c = dense_head(len(subset_c_index) + bottleneck, head_widths(params["n_blocks_c"], hidden, bottleneck),
                             params["subset_c_dropout"], params)
         self._build_tail(3, n_outputs, params)
 

@@ -1,0 +1,144 @@
+"""The Ray session of a moa-tune command: start a local Ray or join a cluster, token auth, the
+dashboard, quiet output, shutdown. Every command that needs Ray goes through here.
+
+- :func:`start_or_join`: ``--address`` (or ``RAY_ADDRESS``) joins that cluster; otherwise moa-tune
+  always starts its own local Ray (``address="local"``), never silently joining another one on the
+  machine. A local Ray's dashboard stays on 127.0.0.1 unless the user asks otherwise.
+- Token authentication is made explicit (:func:`prepare_token_auth`): a local cluster gets a token
+  before it starts, a client gets ``RAY_AUTH_MODE=token`` when one is available.
+- What ``ray.init`` changes in the process is put back: the CLI's SIGTERM handler (Ctrl-C
+  semantics). The processes of a local Ray are recorded while it runs (:mod:`moa_tune.ray_leftovers`)
+  so that those of a killed driver are stopped by the next start.
+- :func:`quiet`: Tune's and Optuna's console output off; moa-tune prints its own progress lines.
+
+Ray and Optuna are imported inside the functions, so the CLI reads :data:`DASHBOARD_HOST` from
+here without importing Ray for every command.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .ray_leftovers import start_recording, stop_leftovers, stop_recording
+
+__all__ = ["DASHBOARD_HOST", "prepare_token_auth", "quiet", "shutdown", "start_or_join"]
+
+
+def quiet() -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AIR_TUNE_OUTPUT", "1")
+    # each fold checkpoints (that is what lets a trial resume at its next fold); Tune warns about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a trial cut by a budget before its first report has no result file; Tune warns about each one
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def prepare_token_auth(starting_local: bool) -> None:
+    """Make token authentication explicit, so Ray neither warns nor leaves clients without the token.
+
+    A new local cluster turns token auth on by itself (and warns); here a token is created first when
+    none exists (``~/.ray/auth_token``, as ``ray get-auth-token --generate`` does) and
+    ``RAY_AUTH_MODE=token`` is set. A client of an existing cluster gets ``RAY_AUTH_MODE=token`` when a
+    token is available, since ``ray.init("host:port")`` ignores the token otherwise. An explicit
+    ``RAY_AUTH_MODE`` (``disabled`` included) is always respected.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    if not _token_available() and not starting_local:
+        return
+    # Ray's own helpers (what ray.init does for a new cluster, minus the warning); the RayConfig that
+    # `import ray` cached must be refreshed after RAY_AUTH_MODE changes, which _enable_token_auth does.
+    from ray._private.authentication import authentication_token_setup as setup
+
+    if not _token_available():
+        setup.generate_and_save_token()
+    setup._enable_token_auth()
+
+
+#: Where a local Ray started by moa-tune serves its dashboard (loopback: this machine only).
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def _token_source() -> str:
+    """Where the dashboard's token is, in words (the page asks for it)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    return str(Path.home() / ".ray" / "auth_token")
+
+
+@contextmanager
+def _our_sigterm_handler_kept() -> Iterator[None]:
+    """Keep the Python SIGTERM handler set before ``ray.init`` (the CLI's: SIGTERM handled as Ctrl-C).
+
+    ``ray.init`` replaces it with one that calls ``sys.exit(15)`` at once (and Ray's core worker
+    adds a C-level one that prints a stack): the sweep would stop with no state saved, no message
+    and no Ray shutdown. Only a handler someone set in Python is put back; without one, Ray's stays.
+    """
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main else None
+    try:
+        yield
+    finally:
+        if on_main and callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def start_or_join(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
+              emit: Callable[[str], None] | None = None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a new local Ray; True when we started it.
+
+    Without an address this always starts moa-tune's own Ray (``address="local"``): plain
+    ``ray.init()`` would silently join any cluster already running on the machine (another user's
+    sweep, a test's ``ray.cluster_utils.Cluster``) and then refuse ``num_cpus``. A local Ray serves
+    the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the next free one), behind the same token as the cluster; its URL goes to ``emit``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    prepare_token_auth(starting_local=not address)
+    if address:
+        with _our_sigterm_handler_kept():
+            ray.init(address=address, **kwargs)
+        return True
+    # Ray waits 30 s for a new GCS to publish its port; a loaded 2-core machine can take longer (seen in
+    # CI with a benchmark running). Give it 2 minutes unless the user set Ray's own knob.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+    stop_leftovers(emit)  # what the local Ray of an earlier, killed moa-tune left running
+    with _our_sigterm_handler_kept():
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                           **kwargs)
+    start_recording()
+    url = getattr(context, "dashboard_url", None)
+    if emit is not None and url:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            note = f"token in {_token_source()}"
+        else:
+            note = "no token authentication: anyone who can reach it controls this Ray"
+        emit(f"Ray dashboard: http://{url} ({note})")
+    return True
+
+
+def shutdown() -> None:
+    """Shut down the Ray this process started (:func:`start_or_join` returned True): its processes end with it."""
+    import ray
+
+    ray.shutdown()
+    stop_recording()
