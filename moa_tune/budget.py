@@ -251,10 +251,11 @@ class JobPlan:
     def collect_reserve_s(self, now: float | None = None) -> float:
         """Seconds kept for the collector's seeds beyond the first (the first is the sweep's own trial).
 
-        The most seeds (up to ``n_seeds``, within the collector's cap) whose estimated time still
-        leaves every experiment to run its ``min_search_trials``; none while nothing is measured (the
-        search comes first, and whatever the sweep leaves unspent still goes to seeds: the collector
-        fits its seeds to the time actually left, :func:`seed_plan`).
+        The seeds (:func:`seed_plan`: the chain evenly, then ``direct``) that fit what the sweep
+        time left beyond every remaining experiment's ``min_search_trials`` affords, within the
+        collector's cap; none while nothing is measured (the search comes first, and whatever the
+        sweep leaves unspent still goes to seeds: the collector fits its seeds to the time actually
+        left).
         """
         if not self.collect:
             return 0.0
@@ -262,13 +263,9 @@ class JobPlan:
         if not per_stage:
             return 0.0
         now = time.time() if now is None else now
-        sweep_left = self.budget.deadline - self.tail_s - now
-        needs = self._search_needs_s()
-        for k in range(self.n_seeds, 1, -1):
-            reserve = collect_seconds(per_stage, seed_plan(per_stage, k, self.slots, self.collect_cap_s()), self.slots)
-            if reserve > 0 and sweep_left - reserve >= needs:
-                return reserve
-        return 0.0
+        spare = self.budget.deadline - self.tail_s - now - self._search_needs_s()
+        seeds = seed_plan(per_stage, self.n_seeds, self.slots, max(0.0, min(self.collect_cap_s(), spare)))
+        return collect_seconds(per_stage, seeds, self.slots)
 
     def sweep_deadline(self, now: float | None = None) -> float:
         """Wall-clock time (``time.time()``) by which the sweep must end."""

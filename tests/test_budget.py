@@ -85,8 +85,11 @@ def test_the_plan_gives_the_collector_what_its_seeds_need_and_the_sweep_the_rest
     # the 2 experiments still to run must afford 3 full trials each (2 rounds of 30 s on 2 slots): 120 s.
     # With 234 s of sweep time left, 3 seeds would leave 119: 2 seeds (direct 40, stage1 30, stage2 2 x 30 / 2)
     assert plan.collect_reserve_s(now=1000 + 552 - 234) == pytest.approx(40 + 30 + 30)
-    # with 200 s left even 2 seeds would starve the search: none reserved (time left unspent still goes to seeds)
-    assert plan.collect_reserve_s(now=1000 + 552 - 200) == 0
+    # with 200 s left, 80 s are spare: no 2nd seed of the chain (stage2 would retrain both), but direct, which
+    # feeds nothing, takes its further seeds (2 tasks of 40 s on 2 slots)
+    assert plan.collect_reserve_s(now=1000 + 552 - 200) == pytest.approx(40)
+    # with 150 s left, 30 s are spare: no seed fits; none reserved (time left unspent still goes to seeds)
+    assert plan.collect_reserve_s(now=1000 + 552 - 150) == 0
     # an experiment the sweep skips, or one that ends without a trial of every fold, gives no component;
     # with nothing left to search, the seeds take what they need
     plan.drop("stage2", "mlp")
