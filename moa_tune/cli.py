@@ -838,4 +838,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m moa_tune.cli`: run the importable module's main, not this __main__ copy's. Ray Tune
+    # pickles what a sweep hands it (the progress printer); from __main__ it would be pickled by
+    # value, with the console and its lock, and fail; from moa_tune.cli it is pickled by name.
+    from moa_tune.cli import main as _main
+
+    _main()

@@ -105,7 +105,8 @@ def start_or_join(address: str | None, num_cpus: int | None, dashboard_host: str
     Without an address this always starts moa-tune's own Ray (``address="local"``): plain
     ``ray.init()`` would silently join any cluster already running on the machine (another user's
     sweep, a test's ``ray.cluster_utils.Cluster``) and then refuse ``num_cpus``. A local Ray serves
-    the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the next free one), behind the same token as the cluster; its URL goes to ``emit``.
+    the dashboard on ``dashboard_host`` (loopback by default; port 8265, or the next free one),
+    behind the same token as the cluster; its URL goes to ``emit``.
     """
     import ray
 

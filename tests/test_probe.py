@@ -20,6 +20,12 @@ from conftest import moa_tune_command, subprocess_env, write_kaggle_dir
 
 pytestmark = pytest.mark.slow
 
+#: a search space whose condition names a choice its parameter does not have
+NEVER_WHEN = """family: linear
+params:
+  train.optimizer: {type: categorical, choices: [adam, adamw]}
+  train.lr: {type: float, low: 0.001, high: 0.1, when: {train.optimizer: sgd}}
+"""
 #: a sweep file the cases edit: valid as it is
 SWEEP = {"name": "probe", "data": {"synth": "tiny", "seed": 0},
          "stages": [{"stage": "direct", "families": ["linear"], "trials": 1}]}
@@ -62,11 +68,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
                                                 "--set", "family=catboost", "--set", "stage=transfer"],
      ["family 'catboost' cannot run stage 'transfer'"]),
     ("a 'when' that can never hold", lambda t: ["sweep", "--config", sweep_file(
-        t, search_spaces={"linear": space_file(t, "family: linear\nparams:\n  train.optimizer: "
-                                                  "{type: categorical, choices: [adam, adamw]}\n  train.lr: "
-                                                  "{type: float, low: 0.001, high: 0.1, when: {train.optimizer: sgd}}\n")})],
-     ["linear.yaml", "can never hold"]),
-    ("a sweep file that is not YAML", lambda t: ["sweep", "--config", str(_write(t / "bad.yaml", "stages: [\n"))],
+        t, search_spaces={"linear": space_file(t, NEVER_WHEN)})], ["linear.yaml", "can never hold"]),
+     ("a sweep file that is not YAML", lambda t: ["sweep", "--config", str(_write(t / "bad.yaml", "stages: [\n"))],
      ["bad.yaml"]),
     ("an empty sweep file", lambda t: ["run", "--config", str(_write(t / "empty.yaml", ""))], ["empty.yaml"]),
     ("a data folder that is not there", lambda t: ["run", "--data", str(t / "nowhere")], ["nowhere"]),
