@@ -85,17 +85,27 @@ def _token_source() -> str:
 def _our_sigterm_handler_kept() -> Iterator[None]:
     """Keep the Python SIGTERM handler set before ``ray.init`` (the CLI's: SIGTERM handled as Ctrl-C).
 
-    ``ray.init`` replaces it with one that calls ``sys.exit(15)`` at once (and Ray's core worker
-    adds a C-level one that prints a stack): the sweep would stop with no state saved, no message
-    and no Ray shutdown. Only a handler someone set in Python is put back; without one, Ray's stays.
+    ``ray.init`` replaces it (through ``ray._private.utils.set_sigterm_handler``) with one that
+    calls ``sys.exit(15)``: the command would stop with no state saved, no message and no Ray
+    shutdown, and a SIGTERM during ``ray.init`` itself was seen lost (the SystemExit raised inside
+    a logging lock's release, where Python ignores it). So while Ray starts, that registration is
+    a no-op, and the handler is set again afterwards (Ray's core worker also puts a C-level handler
+    in front of it). Only a handler someone set in Python is kept; without one, Ray's stays.
     """
     on_main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if on_main else None
+    if not callable(before):
+        yield
+        return
+    import ray._private.utils as ray_utils
+
+    registers = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
     try:
         yield
     finally:
-        if on_main and callable(before):
-            signal.signal(signal.SIGTERM, before)
+        ray_utils.set_sigterm_handler = registers
+        signal.signal(signal.SIGTERM, before)
 
 
 def start_or_join(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
