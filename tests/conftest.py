@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -149,8 +150,6 @@ class FrozenRayWorkers:
         self._thread = threading.Thread(target=self._keep_stopping, daemon=True)
 
     def workers(self) -> list:
-        import psutil
-
         try:
             descendants = psutil.Process(self.driver_pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -167,8 +166,6 @@ class FrozenRayWorkers:
 
     def stop_all(self) -> int:
         """Stop every worker not yet stopped; how many there are now."""
-        import psutil
-
         for proc in self.workers():
             if proc.pid not in self.stopped:
                 try:
@@ -189,8 +186,6 @@ class FrozenRayWorkers:
 
     def thaw(self) -> None:
         """Let the workers go on (SIGCONT); a later SIGKILL works on stopped processes as well."""
-        import psutil
-
         self._done.set()
         self._thread.join(timeout=5)
         for proc in self.stopped.values():

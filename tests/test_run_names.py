@@ -83,7 +83,7 @@ def test_resources_beyond_this_machine_are_refused_before_ray_and_before_force(c
     path.write_text(yaml.safe_dump({"name": "old", "data": {"synth": "tiny", "seed": 0}, "resources": resources,
                                     "stages": [{"stage": "direct", "families": ["linear"], "trials": 1}]}))
     code, _, err = run_cli(_args(command, "--config", str(path), "--force", "--results", str(results)), capsys)
-    assert code == 2 and f"per trial but this machine has" in err and kind in err, err
+    assert code == 2 and "per trial but this machine has" in err and kind in err, err
     assert len(err.strip().splitlines()) == 1
     _intact(results)  # the earlier run of that name is still there
 
