@@ -216,8 +216,7 @@ class JobPlan:
         far. One that ran without a trial that trained every fold, or that the sweep skipped, has no
         component and costs nothing.
         """
-        every = sorted(t for times in self.measured.values() for t in times)
-        fallback = every[len(every) // 2] if every else None
+        fallback = self._median_full_trial()
         per_stage: dict[str, list[float]] = {}
         for stage, family in self.experiments:
             if (stage, family) in self.dropped:
@@ -232,6 +231,11 @@ class JobPlan:
     def collect_cap_s(self) -> float:
         return self.collect_share * self.budget.total_s if self.collect else 0.0
 
+    def _median_full_trial(self) -> float | None:
+        """The median time of every full trial measured so far: the cost of an experiment not run yet."""
+        every = sorted(t for times in self.measured.values() for t in times)
+        return every[len(every) // 2] if every else None
+
     def _remaining(self) -> list[tuple[str, str]]:
         """Experiments still to run: neither measured (finished) nor dropped."""
         return [e for e in self.experiments if e not in self.measured and e not in self.dropped]
@@ -242,11 +246,11 @@ class JobPlan:
         An experiment not run yet is costed at the median full trial measured so far; ``slots`` trials
         run at once, and a trial is not split across slots (3 trials on 2 slots take 2 trial times).
         """
-        every = sorted(t for times in self.measured.values() for t in times)
-        if not every:
+        median = self._median_full_trial()
+        if median is None:
             return 0.0
         rounds = math.ceil(self.min_search_trials / max(1, self.slots))
-        return len(self._remaining()) * rounds * every[len(every) // 2]
+        return len(self._remaining()) * rounds * median
 
     def collect_reserve_s(self, now: float | None = None) -> float:
         """Seconds kept for the collector's seeds beyond the first (the first is the sweep's own trial).
