@@ -36,9 +36,42 @@ def quiet() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # a trial cut by a budget before its first report has no result file; Tune warns about each one
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    for name in _SYNC_LOGGERS:
+        sync_logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineFailures) for f in sync_logger.filters):
+            sync_logger.addFilter(OneLineFailures())
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+#: Ray's loggers that report a failed copy of the experiment state with a whole traceback. Tune copies
+#: its state from a staging folder to the storage path in a background thread while the next save may
+#: already be renaming files there (a Ctrl-C right after an experiment starts does it); the copy fails
+#: with FileNotFoundError and the next, waited-for copy carries the state.
+_SYNC_LOGGERS = ("ray.tune.execution.experiment_state", "ray.train._internal.syncer")
+
+
+class OneLineFailures(logging.Filter):
+    """Ray's failure records on one line: the message's first line and the exception's last.
+
+    A traceback from inside Ray says nothing to a moa-tune user and reads as moa-tune crashing; the
+    one line keeps what failed and why.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cause = ""
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            cause = f"{type(error).__name__}: {error}"
+        elif "Traceback (most recent call last)" in message:
+            cause = message.strip().splitlines()[-1]
+        if cause:
+            first = message.split("Traceback (most recent call last)")[0].strip().splitlines()[0].rstrip(": ")
+            record.msg, record.args = f"{first}: {cause.splitlines()[0]}", ()
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
 
 
 def _token_available() -> bool:

@@ -670,7 +670,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                                            stage=stage_spec.stage, threads=threads)
                 run = tune.with_resources(run, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
                 experiment_path = f"{storage_root}/{stage_spec.stage}/{family}"
-                if resume and tune.Tuner.can_restore(experiment_path):
+                if resume and tune.Tuner.can_restore(experiment_path) and not _started_no_trial(experiment_path):
                     emit(f"[{label}] resuming {experiment_path}")
                     tuner = tune.Tuner.restore(experiment_path, trainable=run, resume_errored=True)
                 else:
@@ -741,6 +741,25 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     finally:
         if started:
             shutdown_ray()
+
+
+def _started_no_trial(experiment_path: str) -> bool:
+    """True when a Tune experiment was stopped before it saved any state; its folder is then removed.
+
+    A Ctrl-C or SIGTERM in the moment between ``Tuner.fit()`` writing ``tuner.pkl`` and Tune's first
+    save of its experiment state leaves a folder that ``Tuner.can_restore`` accepts, but
+    ``Tuner.restore`` then finds no experiment state (it logs a traceback) and the resumed experiment
+    ran fewer trials than asked (seen: 1 of 2). Nothing ran there, so it is started again from scratch.
+    """
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path
+                                              else Path(experiment_path).resolve().as_uri())
+    names = [Path(info.path).name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
+    if any(n.startswith("experiment_state-") and n.endswith(".json") for n in names):
+        return False
+    fs.delete_dir(root)
+    return True
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -140,9 +141,11 @@ def test_sigterm_at_a_stage_start_of_a_run_then_the_named_commands_finish_it(tmp
     assert not (out / "stage2" / "linear" / "done.json").exists()  # not "finished" with no trial
     assert not (out / "ensemble").exists() and not (out / "submission.csv").exists()
 
-    assert "[stage1/linear] already finished; kept" in resume_sweep(out, env).stdout
+    resumed = resume_sweep(out, env).stdout
+    assert "[stage1/linear] already finished; kept" in resumed
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 4 and trials.trial_id.is_unique, trials[["trial_id", "stage", "state"]]
+    assert len(trials) == 4 and trials.trial_id.is_unique, (trials[["trial_id", "stage", "state"]],
+                                                            log.read_text()[-3000:], resumed[-3000:])
     assert (trials.stage == "stage2").sum() == 2
     assert (out / "stage2" / "linear" / "best" / "oof.npy").exists()
 
@@ -199,3 +202,25 @@ def test_sigkill_leftovers_are_reported_by_status_and_stopped_by_the_next_start(
         for process in ray_processes:
             if process.is_running():
                 process.kill()
+
+
+def test_an_experiment_stopped_before_tune_saved_its_state_is_started_again_by_resume(tmp_path: Path) -> None:
+    """The state a signal leaves in the instant between ``tuner.pkl`` and Tune's first save (seen in CI:
+    ``Tuner.restore`` logged a traceback and ran 1 of 2 trials): ``--resume`` starts that experiment again."""
+    sweep = linear_sweep(tmp_path, "ns", [{"stage": "direct", "families": ["linear"], "trials": 2}])
+    env, out = subprocess_env(tmp_path / "home"), tmp_path / "results" / "ns"
+    first = subprocess.run(moa_tune("sweep", "--config", str(sweep), "--results", str(tmp_path / "results"),
+                                    "--num-cpus", "2"), capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    tune_dir = next((tmp_path / "home" / "ray_results").rglob("tuner.pkl")).parent
+    for path in tune_dir.iterdir():  # what was there when the signal came: the tuner's pickle only
+        if path.name != "tuner.pkl":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (out / "direct" / "linear" / "done.json").unlink()
+    (out / "trials.csv").unlink()
+
+    resumed = resume_sweep(out, env)
+    assert "Traceback" not in resumed.stdout + resumed.stderr, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" not in resumed.stdout, resumed.stdout[-3000:]
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 2 and trials.trial_id.is_unique, (trials[["trial_id", "state"]], resumed.stdout[-3000:])
