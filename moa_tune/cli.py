@@ -14,7 +14,7 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -414,30 +414,34 @@ def sweep(
                                      f"resume it with --resume {out_path}, replace it with --force, or choose another --name")
     from .sweep import check_local_resources, load_sweep_data, run_sweep
 
-    data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
-    left = None
-    if resume is not None and budget_s is None:  # a budgeted sweep goes on with what its budget had left
-        from .sweep import resumed_budget
+    def sweep_says() -> str:
+        if not (Path(out_path) / "sweep.yaml").is_file():
+            return _not_started_says("sweep")
+        return f"the sweep was interrupted; what it finished is kept; go on with: moa-tune sweep --resume {out_path}"
 
-        left = resumed_budget(resume)
-    budget_s = budget_s if budget_s is not None else spec.budget_s
-    plan = None
-    if left is not None:
-        if left.left() <= 0:
-            raise ConfigError(f"{resume}: this sweep spent its {format_seconds(left.total_s)} budget; give it more "
-                              f"time with --budget (counted from now)")
-        plan = JobPlan(left, spec.experiments(), collect=False)
-        _emit(f"resuming with {format_seconds(left.left())} of the {format_seconds(left.total_s)} budget left")
-    elif budget_s is not None:
-        plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
-    if plan is not None:
-        plan.check_feasible(1)
-    check_local_resources(spec, address, num_cpus)
-    _hold(Path(out_path), "sweep")
-    if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
-        _remove_run(out_path)
-    with _interrupted_says(f"the sweep was interrupted; what it finished is kept; go on with: moa-tune sweep "
-                           f"--resume {out_path}", keep=True):
+    with _interrupted_says(sweep_says, keep=True):
+        data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+        left = None
+        if resume is not None and budget_s is None:  # a budgeted sweep goes on with what its budget had left
+            from .sweep import resumed_budget
+
+            left = resumed_budget(resume)
+        budget_s = budget_s if budget_s is not None else spec.budget_s
+        plan = None
+        if left is not None:
+            if left.left() <= 0:
+                raise ConfigError(f"{resume}: this sweep spent its {format_seconds(left.total_s)} budget; give it more "
+                                  f"time with --budget (counted from now)")
+            plan = JobPlan(left, spec.experiments(), collect=False)
+            _emit(f"resuming with {format_seconds(left.left())} of the {format_seconds(left.total_s)} budget left")
+        elif budget_s is not None:
+            plan = JobPlan(Budget(budget_s, wall_start), spec.experiments(), collect=False)
+        if plan is not None:
+            plan.check_feasible(1)
+        check_local_resources(spec, address, num_cpus)
+        _hold(Path(out_path), "sweep")
+        if resume is None and replace_run:  # every input checked: only now is the earlier sweep removed
+            _remove_run(out_path)
         result = run_sweep(spec, data, out_path, address=address, storage=storage, resume=resume is not None,
                            num_cpus=num_cpus, emit=_emit, dashboard_host=dashboard_host, plan=plan)
     counts = result.trials["state"].value_counts().to_dict() if len(result.trials) else {}
@@ -602,18 +606,25 @@ def run_cmd(
     step(1, "data: " + (str(data_dir) if data_dir is not None else
                         str(spec.data) if isinstance(spec.data, str) else
                         f"synthetic '{spec.data['synth']}' preset (seed {spec.data['seed']})"))
-    data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
-    if data.test is None:
-        raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
-    check_local_resources(spec, address, num_cpus)
-    _hold(run_dir, "run")
-    if replace_run:  # every input checked: only now is the earlier run removed
-        _remove_run(run_dir)
-    ours = start_or_join(address, num_cpus, dashboard_host, _emit)
+    with _interrupted_says(_not_started_says("run")):
+        data = _load(data_dir) if data_dir is not None else load_sweep_data(spec, None)
+        if data.test is None:
+            raise ConfigError(f"{data.source or 'the data'}: no test_features.csv; the run predicts the test set")
+        check_local_resources(spec, address, num_cpus)
+        _hold(run_dir, "run")
+        if replace_run:  # every input checked: only now is the earlier run removed
+            _remove_run(run_dir)
+        ours = start_or_join(address, num_cpus, dashboard_host, _emit)  # Ray shut down again if interrupted
+
+    def sweep_says() -> str:
+        if not (run_dir / "sweep.yaml").is_file():
+            return _not_started_says("run")
+        return (f"the run was interrupted in its sweep; the experiments and trials it finished are kept; go on "
+                f"with: moa-tune sweep --resume {run_dir} && moa-tune collect {run_dir}")
+
     try:
         step(2, f"sweep: {len(spec.experiments())} family x stage experiments on Ray Tune")
-        with _interrupted_says(f"the run was interrupted in its sweep; the experiments and trials it finished are "
-                               f"kept; go on with: moa-tune sweep --resume {run_dir} && moa-tune collect {run_dir}"):
+        with _interrupted_says(sweep_says):
             result = _budgeted_sweep(spec, data, run_dir, address, storage, plan)
         sweep_done = time.perf_counter()
         step(3, "collect: retrain the best configurations with several seeds, blend, export")
@@ -754,20 +765,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 @contextmanager
-def _interrupted_says(message: str, keep: bool = False) -> Iterator[None]:
+def _interrupted_says(message: str | Callable[[], str], keep: bool = False) -> Iterator[None]:
     """A Ctrl-C or SIGTERM inside the block ends the command saying ``message``: what was kept, how to go on.
 
-    ``keep``: an :class:`Interrupted` raised inside (the sweep names the experiment it stopped)
-    keeps its own text.
+    ``message`` may be a function, asked when the signal came (what can be resumed depends on what
+    had been written by then). ``keep``: an :class:`Interrupted` raised inside (the sweep names the
+    experiment it stopped) keeps its own text.
     """
+    def says() -> str:
+        return message() if callable(message) else message
+
     try:
         yield
     except Interrupted:
         if keep:
             raise
-        raise Interrupted(message) from None
+        raise Interrupted(says()) from None
     except KeyboardInterrupt:
-        raise Interrupted(message) from None
+        raise Interrupted(says()) from None
+
+
+def _not_started_says(what: str) -> str:
+    return f"the {what} was interrupted before its sweep had written anything; start it again with the same command"
 
 
 @contextmanager

@@ -6,8 +6,9 @@ dashboard, quiet output, shutdown. Every command that needs Ray goes through her
   machine. A local Ray's dashboard stays on 127.0.0.1 unless the user asks otherwise.
 - Token authentication is made explicit (:func:`prepare_token_auth`): a local cluster gets a token
   before it starts, a client gets ``RAY_AUTH_MODE=token`` when one is available.
-- What ``ray.init`` changes in the process is put back: the CLI's SIGTERM handler (Ctrl-C
-  semantics). The processes of a local Ray are recorded while it runs (:mod:`moa_tune.ray_leftovers`)
+- Ctrl-C and SIGTERM are held while ``ray.init`` runs and delivered after it (Ray shut down
+  first), and what ``ray.init`` changes in the process is put back: the CLI's SIGTERM handler
+  (Ctrl-C semantics). The processes of a local Ray are recorded while it runs (:mod:`moa_tune.ray_leftovers`)
   so that those of a killed driver are stopped by the next start.
 - :func:`quiet`: Tune's and Optuna's console output off; moa-tune prints its own progress lines.
 
@@ -115,30 +116,100 @@ def _token_source() -> str:
 
 
 @contextmanager
-def _our_sigterm_handler_kept() -> Iterator[None]:
-    """Keep the Python SIGTERM handler set before ``ray.init`` (the CLI's: SIGTERM handled as Ctrl-C).
+def _signals_held_while_ray_starts() -> Iterator[list[int]]:
+    """Hold Ctrl-C and SIGTERM while ``ray.init`` runs; yields the signals that came meanwhile.
 
-    ``ray.init`` replaces it (through ``ray._private.utils.set_sigterm_handler``) with one that
-    calls ``sys.exit(15)``: the command would stop with no state saved, no message and no Ray
-    shutdown, and a SIGTERM during ``ray.init`` itself was seen lost (the SystemExit raised inside
-    a logging lock's release, where Python ignores it). So while Ray starts, that registration is
-    a no-op, and the handler is set again afterwards (Ray's core worker also puts a C-level handler
-    in front of it). Only a handler someone set in Python is kept; without one, Ray's stays.
+    A signal in the middle of ``ray.init`` had no good outcome: Ray replaces Python's SIGTERM
+    handler with one that calls ``sys.exit(15)`` (no state saved, no message, no shutdown; once seen
+    lost, the SystemExit raised inside a logging lock's release, where Python ignores it), its core
+    worker then puts a C-level SIGTERM handler in front of Python's that ends the process at once
+    (the Ray processes it started left running), and a Ctrl-C raised somewhere inside Ray's start-up
+    was seen lost. So while Ray starts, the handlers set in Python (the CLI's: SIGTERM handled as
+    Ctrl-C) are replaced by one that only notes the signal; Ray's registration of its own is a
+    no-op; the core worker is created with both signals blocked and Python's C-level handler is put
+    back before they are unblocked. Afterwards the handlers from before are restored and the caller
+    delivers what was noted (:func:`start_or_join`: Ray shut down, then the handler called). A
+    second signal stops the wait at once (KeyboardInterrupt inside ``ray.init``).
+    Only signals with a Python handler are held; others keep Ray's behaviour.
     """
-    on_main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if on_main else None
-    if not callable(before):
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [s for s, handler in before.items() if callable(handler)]
+    received: list[int] = []
+    if not held:
+        yield received
         return
     import ray._private.utils as ray_utils
+    import ray._raylet as raylet
 
-    registers = ray_utils.set_sigterm_handler
-    ray_utils.set_sigterm_handler = lambda handler: None
+    def note(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1:  # pressed again: stop waiting for Ray (it can wait a minute for a dead dashboard)
+            raise KeyboardInterrupt
+
+    def after_a_signal_quiet(record: logging.LogRecord) -> bool:
+        return not received  # then Ray's complaints are about its processes dying of the user's Ctrl-C
+
+    registers, core_worker = ray_utils.set_sigterm_handler, raylet.CoreWorker
+
+    def core_worker_then_python_handlers(*args: Any, **kwargs: Any) -> Any:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            return core_worker(*args, **kwargs)
+        finally:
+            for signum in held:  # Python's C-level handler in front again, before anything is delivered
+                signal.signal(signum, note)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    if signal.SIGTERM in held:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    raylet.CoreWorker = core_worker_then_python_handlers
+    services = logging.getLogger("ray._private.services")
+    services.addFilter(after_a_signal_quiet)
+    for signum in held:
+        signal.signal(signum, note)
     try:
-        yield
+        yield received
     finally:
-        ray_utils.set_sigterm_handler = registers
-        signal.signal(signal.SIGTERM, before)
+        services.removeFilter(after_a_signal_quiet)
+        ray_utils.set_sigterm_handler, raylet.CoreWorker = registers, core_worker
+        for signum in held:
+            signal.signal(signum, before[signum])
+
+
+def _init_holding_signals(**kwargs: Any) -> Any:
+    """``ray.init(**kwargs)`` with Ctrl-C and SIGTERM held until it returns, then delivered.
+
+    A signal that came while Ray started shuts that Ray down, then reaches the handler from before
+    (the CLI's raises KeyboardInterrupt: one ``interrupted:`` line, exit code 130, no Ray left),
+    also when ``ray.init`` failed meanwhile (of the same Ctrl-C, which reached Ray's processes too).
+    """
+    import ray
+
+    failed: BaseException | None = None
+    with _signals_held_while_ray_starts() as received:
+        try:
+            context = ray.init(**kwargs)
+        except BaseException as exc:
+            shutdown()
+            if not received:
+                raise
+            # a Ctrl-C reaches the whole process group: Ray's processes that were starting (its
+            # dashboard) die of it and ray.init fails; the signal is what the user meant
+            failed = exc
+    for signum in dict.fromkeys(received):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            try:
+                handler(signum, None)
+            except BaseException:
+                shutdown()
+                raise
+    if failed is not None:
+        raise failed
+    return context
 
 
 def start_or_join(address: str | None, num_cpus: int | None, dashboard_host: str = DASHBOARD_HOST,
@@ -159,17 +230,15 @@ def start_or_join(address: str | None, num_cpus: int | None, dashboard_host: str
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     prepare_token_auth(starting_local=not address)
     if address:
-        with _our_sigterm_handler_kept():
-            ray.init(address=address, **kwargs)
+        _init_holding_signals(address=address, **kwargs)
         return True
     # Ray waits 30 s for a new GCS to publish its port; a loaded 2-core machine can take longer (seen in
     # CI with a benchmark running). Give it 2 minutes unless the user set Ray's own knob.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     stop_leftovers(emit)  # what the local Ray of an earlier, killed moa-tune left running
-    with _our_sigterm_handler_kept():
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
-                           **kwargs)
-    start_recording()
+    start_recording()  # from the start: a SIGKILL while Ray starts leaves what it had started recorded
+    context = _init_holding_signals(address="local", num_cpus=num_cpus, include_dashboard=True,
+                                    dashboard_host=dashboard_host, **kwargs)
     url = getattr(context, "dashboard_url", None)
     if emit is not None and url:
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":

@@ -150,6 +150,27 @@ def test_sigterm_at_a_stage_start_of_a_run_then_the_named_commands_finish_it(tmp
     assert (out / "stage2" / "linear" / "best" / "oof.npy").exists()
 
 
+@pytest.mark.parametrize("command, how", [("run", "ctrl-c"), ("sweep", "sigterm")])
+def test_a_signal_while_ray_starts_is_held_then_ends_the_command_cleanly(tmp_path: Path, command: str,
+                                                                          how: str) -> None:
+    """Ray's start-up (``ray.init``, several seconds) is where a signal met Ray's own handlers: a
+    SIGTERM ended the process at once, leaving Ray's processes; a Ctrl-C to the process group killed
+    the dashboard that was starting and ``ray.init`` failed with a traceback."""
+    driver, log, env, out = launch(tmp_path, command, "ri", [{"stage": "direct", "families": ["linear"],
+                                                              "trials": 2}])
+    wait_for(driver, log, r"authentication token")  # printed just before ray.init, in a fresh HOME
+    time.sleep(1.5)
+    assert "Ray dashboard:" not in log.read_text()  # still starting: the signal falls inside ray.init
+    alive = signal_and_wait(driver, log, how)
+    assert_interrupted(driver, log, alive, f"the {command} was interrupted before its sweep had written anything",
+                       "start it again with the same command")
+    assert not out.exists() or not any(p.name != ".ri.lock" for p in out.iterdir())
+    if command == "sweep":  # and the same command then works
+        again = subprocess.run(driver.args, capture_output=True, text=True, env=env, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert len(pd.read_csv(out / "trials.csv")) == 2
+
+
 def test_sigterm_in_runs_collect_and_in_collect_exports_nothing_and_collect_restarts(tmp_path: Path) -> None:
     driver, log, env, out = launch(tmp_path, "run", "co", [{"stage": "direct", "families": ["linear"], "trials": 2}],
                                    fixed={"train.epochs": 60, "train.early_stopping": 0, "train.batch_size": 16})
