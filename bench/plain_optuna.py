@@ -179,8 +179,9 @@ def fit_fold(p, xtr, ytr, xva, yva, seed, on_epoch=None):
     opt = opt_cls(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     bs, epochs = p["batch_size"], p["epochs"]
     steps = math.ceil(len(xtr) / bs)
+    # a warm-up of at least 2 steps: OneCycleLR divides by its length - 1 (one batch per epoch, 10 epochs: 0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["lr"], epochs=epochs, steps_per_epoch=steps,
-                                                pct_start=0.1, div_factor=1e3)
+                                                pct_start=max(0.1, 2.0 / (epochs * steps)), div_factor=1e3)
     loss_fn = nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(xtr).to(DEVICE), torch.from_numpy(ytr).to(DEVICE)
     yt = yt * (1 - p["label_smoothing"]) + 0.5 * p["label_smoothing"]

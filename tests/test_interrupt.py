@@ -144,8 +144,9 @@ def test_sigterm_at_a_stage_start_of_a_run_then_the_named_commands_finish_it(tmp
     resumed = resume_sweep(out, env).stdout
     assert "[stage1/linear] already finished; kept" in resumed
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 4 and trials.trial_id.is_unique, (trials[["trial_id", "stage", "state"]],
-                                                            log.read_text()[-3000:], resumed[-3000:])
+    if not (len(trials) == 4 and trials.trial_id.is_unique):  # the whole story, untruncated
+        pytest.fail(f"{trials[['trial_id', 'stage', 'state']]}\n--- run:\n{log.read_text()[-4000:]}\n"
+                    f"--- resume:\n{resumed[-4000:]}")
     assert (trials.stage == "stage2").sum() == 2
     assert (out / "stage2" / "linear" / "best" / "oof.npy").exists()
 
