@@ -744,20 +744,25 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
 
 
 def _started_no_trial(experiment_path: str) -> bool:
-    """True when a Tune experiment was stopped before it saved any state; its folder is then removed.
+    """True when a Tune experiment was stopped before any trial reported a fold; its folder is then removed.
 
-    A Ctrl-C or SIGTERM in the moment between ``Tuner.fit()`` writing ``tuner.pkl`` and Tune's first
-    save of its experiment state leaves a folder that ``Tuner.can_restore`` accepts, but
-    ``Tuner.restore`` then finds no experiment state (it logs a traceback) and the resumed experiment
-    ran fewer trials than asked (seen: 1 of 2). Nothing ran there, so it is started again from scratch.
+    A Ctrl-C or SIGTERM just after ``Tuner.fit()`` starts leaves a folder that ``Tuner.can_restore``
+    accepts: ``tuner.pkl`` alone (``Tuner.restore`` then logs a traceback), or Tune's first saved
+    state. Restoring those was seen to run fewer trials than asked (1 of 2, twice in CI). Nothing
+    was learnt there (a trial's fold checkpoint or result is the first trace of work), so the
+    experiment starts again from scratch, which is what an uninterrupted one would have done.
     """
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path
                                               else Path(experiment_path).resolve().as_uri())
-    names = [Path(info.path).name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
-    if any(n.startswith("experiment_state-") and n.endswith(".json") for n in names):
-        return False
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=True))
+    prefix = root.rstrip("/") + "/"
+    for info in infos:
+        parts = info.path[len(prefix):].split("/") if info.path.startswith(prefix) else []
+        if len(parts) == 2 and (parts[1].startswith("checkpoint_")
+                                or (parts[1] == "result.json" and (info.size or 0) > 0)):
+            return False
     fs.delete_dir(root)
     return True
 
