@@ -40,7 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -199,7 +199,21 @@ class FoldSearch(OptunaSearch):
     TPE ranks it as plain Optuna ranks a pruned trial (below every complete one, earlier-stopped
     lower). A trial that trained every fold is COMPLETE with its CV loss; one that errored is FAIL.
     Module-level because Tune pickles the searcher with the experiment state.
+
+    ``warm_trials``: finished trials of an earlier experiment over the same space (the budget's
+    second round of the best experiment, :func:`run_sweep`), added to the study when it is created,
+    so TPE goes on from what that search learnt instead of starting at random again.
     """
+
+    def __init__(self, *args: Any, warm_trials: Sequence[optuna.trial.FrozenTrial] = (), **kwargs: Any) -> None:
+        self._warm = list(warm_trials)  # set first: OptunaSearch.__init__ creates the study
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        if self._warm:
+            self._ot_study.add_trials(self._warm)
+            self._warm = []  # told once; a restored searcher brings its study with it
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -253,6 +267,7 @@ class SliceStopper(tune.Stopper):
         self.best = math.inf                     # CV loss of the best trial that trained every fold
         self.folds: dict[str, int] = {}
         self.live: dict[str, tuple[float, float, float]] = {}  # unfinished trial -> (seen at, s per fold, loss)
+        self.late: set[str] = set()  # trials whose first report came after the slice had ended
         self._clock = clock
         self._last = clock()
 
@@ -268,11 +283,14 @@ class SliceStopper(tune.Stopper):
         A trial whose folds so far say it cannot train the rest before the sweep's deadline is cut
         at once (its remaining folds would be wasted), and so is one that cannot finish within the
         slice once another trial has finished, unless its running loss beats that trial's. Past the
-        slice without a finished trial, only the furthest trial goes on.
+        slice without a finished trial, only the furthest trial goes on; past it with one, a trial
+        that first reports then is cut.
         """
         self._tick()
         done = int(result.get("folds_done", 0))
         loss = float(result[METRIC]) if result.get(METRIC) is not None else math.inf
+        if trial_id not in self.folds and self.slice_left <= 0 and self.completed:
+            self.late.add(trial_id)
         self.folds[trial_id] = done
         if done >= self.n_folds:
             self.completed += 1
@@ -281,7 +299,11 @@ class SliceStopper(tune.Stopper):
             return False
         per_fold = float(result.get("time_total_s") or 0.0) / max(1, done)
         still_needs = per_fold * (self.n_folds - done)
-        cut = still_needs > self.hard_left or (self.completed and loss >= self.best and still_needs > self.slice_left)
+        # a trial begun after the slice ended (Tune starts new ones while the experiment waits for a
+        # better one to finish) is cut at its first fold: it would keep the experiment open with a
+        # one-fold loss, which is often below a full CV mean, and eat the later experiments' time
+        cut = still_needs > self.hard_left or trial_id in self.late or \
+            (self.completed and loss >= self.best and still_needs > self.slice_left)
         if not cut and self.slice_left <= 0 and not self.completed:
             leader = max(self.folds, key=lambda t: self.folds[t])
             cut = trial_id != leader and self.folds[trial_id] < self.folds[leader]
@@ -305,6 +327,7 @@ class SliceStopper(tune.Stopper):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("late", set())
         self._last = self._clock()
         self.live = {}  # times of another process's clock; the resumed trials report again
 
@@ -510,7 +533,13 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str,
     """trials.csv rows; a searched parameter the sweep fixes shows the value the trial trained with."""
     rows = []
     for result in grid:
+        folder = Path(result.path).name
+        own_id = folder[len("trial_"):] if folder.startswith("trial_") else None  # trial_dirname's names
         metrics = result.metrics or {}
+        if own_id and metrics.get("trial_id") not in (None, own_id):
+            # seen on a trial that was cut before its first report, with reused actors: the result
+            # Tune holds for it is another trial's; it reported nothing of its own
+            metrics = {}
         config = {k: v for k, v in (result.config or {}).items() if k != "family"}
         config.update({k: v for k, v in fixed.items() if k in config})
         done = int(metrics.get("folds_done", 0))
@@ -521,11 +550,11 @@ def _trial_rows(grid, stage: str, family: str, n_folds: int, fixed: Mapping[str,
         else:
             state = "pruned"
         fold_losses = [float(x) for x in str(metrics.get("fold_losses", "")).split(",") if x]
-        row = {"stage": stage, "family": family, "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        row = {"stage": stage, "family": family, "trial_id": own_id or metrics.get("trial_id") or folder,
                "state": state, "loss": metrics.get(METRIC), "folds_done": done,
                "time_s": metrics.get("time_total_s"), "node": metrics.get("node"), "gpus": metrics.get("gpus"),
                "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
-               "path": result.path, "trial_dir": Path(result.path).name}
+               "path": result.path, "trial_dir": folder}
         for k in range(n_folds):
             row[f"fold_{k}_loss"] = fold_losses[k] if k < len(fold_losses) else None
         row.update({f"param.{k}": v for k, v in sorted(config.items())})
@@ -567,6 +596,31 @@ def _stage_inputs(mode: str, previous: Mapping[str, tuple[Predictions, dict]]) -
     return Predictions.concat([previous[f][0] for f in sorted(previous)])
 
 
+def _new_tuner(run: Any, searcher: FoldSearch, spec: SweepSpec, folds: Folds, name: str, storage_path: str,
+               n_trials: int | None, stopper: tune.Stopper | None, concurrency: int, label: str,
+               emit: Callable[[str], None]) -> tune.Tuner:
+    """The Tune experiment ``storage_path/name``: the searcher within ``concurrency`` trials at once,
+    the sweep's scheduler over folds, a fold checkpoint kept per report, and the progress lines."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    scheduler = FIFOScheduler() if spec.scheduler == "fifo" else ASHAScheduler(
+        time_attr="training_iteration", max_t=folds.n_splits, grace_period=spec.asha["grace_period"],
+        reduction_factor=spec.asha["reduction_factor"])
+    return tune.Tuner(
+        run,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
+            searcher, max_concurrent=concurrency), scheduler=scheduler,
+            num_samples=n_trials or UNLIMITED_TRIALS, time_budget_s=spec.time_budget_s,
+            reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, verbose=0, stop=stopper,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            callbacks=[TrialLines(label, folds.n_splits, emit), KeepTopFitted(spec.collect["top_k"], folds.n_splits)]),
+    )
+
+
 def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address: str | None = None,
               storage: str | None = None, resume: bool = False, num_cpus: int | None = None,
               emit: Callable[[str], None] = print, dashboard_host: str = DASHBOARD_HOST,
@@ -577,9 +631,6 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
     :mod:`moa_tune.budget`), stage entries without ``trials`` as many trials as that affords, and the
     plan learns every experiment's measured trial times.
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
     from . import __version__
     from .folds import make_folds
 
@@ -624,6 +675,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
         best: dict[tuple[str, str], dict[str, Any]] = {}
         previous: dict[str, tuple[Predictions, dict]] = {}
         skipped: set[str] = set()  # stages a budgeted sweep could not give a completed trial, and those after them
+        inputs_of: dict[str, Predictions | None] = {}
         for stage_spec in spec.stages:
             if NEEDS_INPUTS.get(stage_spec.stage) in skipped:
                 skipped.add(stage_spec.stage)
@@ -636,6 +688,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                                {"trials": [], "finished": time.time(), "skipped": True})
                 continue
             inputs = _stage_inputs(stage_spec.inputs, previous) if stage_spec.stage in ("stage2", "stage3") else None
+            inputs_of[stage_spec.stage] = inputs
             current: dict[str, tuple[Predictions, dict]] = {}
             for family in stage_spec.families:
                 label = f"{stage_spec.stage}/{family}"
@@ -666,9 +719,7 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                         write_json(local_dir / DONE_MARKER, {"trials": [], "finished": time.time(), "skipped": True})
                         continue
                 space: SearchSpace = spec.spaces[family]
-                run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed_for(family),
-                                           stage=stage_spec.stage, threads=threads)
-                run = tune.with_resources(run, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+                run = _trainable_for(spec, data, folds, inputs, stage_spec.stage, family, threads)
                 experiment_path = f"{storage_root}/{stage_spec.stage}/{family}"
                 if resume and tune.Tuner.can_restore(experiment_path) and not _started_no_trial(experiment_path):
                     emit(f"[{label}] resuming {experiment_path}")
@@ -684,22 +735,8 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                     searcher = FoldSearch(space=space, metric=METRIC, mode=MODE,
                                           sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=n_startup),
                                           points_to_evaluate=spec.points_to_evaluate.get(family) or None)
-                    scheduler = FIFOScheduler() if spec.scheduler == "fifo" else ASHAScheduler(
-                        time_attr="training_iteration", max_t=folds.n_splits, grace_period=spec.asha["grace_period"],
-                        reduction_factor=spec.asha["reduction_factor"])
-                    tuner = tune.Tuner(
-                        run,
-                        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
-                            searcher, max_concurrent=concurrency), scheduler=scheduler,
-                            num_samples=n_trials or UNLIMITED_TRIALS, time_budget_s=spec.time_budget_s,
-                            reuse_actors=True, trial_dirname_creator=trial_dirname),
-                        run_config=tune.RunConfig(
-                            name=family, storage_path=f"{storage_root}/{stage_spec.stage}", verbose=0, stop=stopper,
-                            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                            callbacks=[TrialLines(label, folds.n_splits, emit),
-                                       KeepTopFitted(spec.collect["top_k"], folds.n_splits)]),
-                    )
+                    tuner = _new_tuner(run, searcher, spec, folds, family, f"{storage_root}/{stage_spec.stage}",
+                                       n_trials, stopper, concurrency, label, emit)
                     how_many = f"{n_trials} trials" if n_trials else "trials"
                     if slice_s is not None:
                         how_many += f" for {format_seconds(slice_s)} of the budget"
@@ -736,11 +773,157 @@ def run_sweep(spec: SweepSpec, data: MoaData, out: str | os.PathLike, *, address
                      f"the stages that need its predictions are skipped")
                 skipped.add(stage_spec.stage)
             previous = current
+        if plan is not None:
+            more = _go_on_with_the_best(spec, data, folds, plan, out, storage_root, inputs_of, best, concurrency,
+                                        threads, resume, emit)
+            all_rows.extend(more)
         trials = _write_trials(out, all_rows)
         return SweepResult(out, trials, best)
     finally:
         if started:
             shutdown_ray()
+
+
+#: The Tune experiment in which a budgeted sweep's best experiment goes on, inside that experiment's
+#: folder (``<stage>/<family>/more``), so its trials' folders are found as the first round's are:
+#: relative to ``<stage>/<family>`` (``more/trial_...``).
+MORE = "more"
+
+
+def _trainable_for(spec: SweepSpec, data: MoaData, folds: Folds, inputs: Predictions | None, stage: str,
+                   family: str, threads: int) -> Any:
+    run = tune.with_parameters(trainable, data=data, folds=folds, inputs=inputs, fixed=spec.fixed_for(family),
+                               stage=stage, threads=threads)
+    return tune.with_resources(run, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+
+
+def best_to_go_on_with(spec: SweepSpec, best: Mapping[tuple[str, str], Mapping[str, Any]]) -> tuple[str, str] | None:
+    """The experiment a budget's time left goes to: the lowest CV loss among those that predict the
+    scored targets and feed no later stage (``direct``, the last stage of the chain), whose stage
+    entry gives no trial count (a count is the user's). None when there is none."""
+    fed = {NEEDS_INPUTS[s.stage] for s in spec.stages if s.stage in NEEDS_INPUTS}
+    open_ended = {s.stage for s in spec.stages if s.trials is None}
+    leaves = [(float(meta["loss"]), stage, family) for (stage, family), meta in best.items()
+              if stage not in fed and stage != "stage1" and stage in open_ended]
+    if not leaves:
+        return None
+    _, stage, family = min(leaves)
+    return stage, family
+
+
+def _study_trials(experiment_path: str, rows: Sequence[Mapping[str, Any]]) -> list[optuna.trial.FrozenTrial]:
+    """The first round of an experiment as Optuna trials to warm-start a second round's study.
+
+    Parameters and their distributions come from the study in the experiment's last saved searcher
+    state (Tune's pickle, written by this sweep); outcomes from the experiment's own trial rows, which
+    are the record: the study misses what Tune did not pass on (a trial cut as the experiment's
+    slice ended stays RUNNING there, even one that had just trained its last fold). A trial that
+    trained every fold is COMPLETE at its CV loss, one that trained some is PRUNED at its running
+    loss, every fold's running loss an intermediate value (as :class:`FoldSearch` tells them); an
+    errored one, or one that never reported, is left out. None without a saved state.
+    """
+    import pickle
+
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path
+                                              else Path(experiment_path).resolve().as_uri())
+    states = sorted((info for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+                     if Path(info.path).name.startswith("searcher-state-") and info.path.endswith(".pkl")),
+                    key=lambda info: info.mtime_ns or 0)
+    if not states:
+        return []
+    with fs.open_input_stream(states[-1].path) as handle:
+        saved = pickle.load(handle)  # Tune's own searcher state, written by this sweep (not a results file)
+    if not isinstance(saved, dict) or saved.get("_ot_study") is None:
+        return []
+    tune_id = {ot_trial.number: str(trial_id) for trial_id, ot_trial in (saved.get("_ot_trials") or {}).items()}
+    row_of = {str(row["trial_id"]): row for row in rows}
+    told = []
+    for t in saved["_ot_study"].get_trials(deepcopy=True):
+        row = row_of.get(tune_id.get(t.number, ""))
+        if row is None or row.get("state") == "errored" or not _finite(row.get("loss")):
+            continue
+        done = int(row.get("folds_done") or 0)
+        losses = [float(row[f"fold_{k}_loss"]) for k in range(done) if _finite(row.get(f"fold_{k}_loss"))]
+        if done < 1 or len(losses) != done:
+            continue
+        running = np.cumsum(losses) / np.arange(1, done + 1)
+        steps = {step: float(running[step - 1]) for step in range(1, done)}
+        steps[done] = float(row["loss"])
+        state = optuna.trial.TrialState.COMPLETE if row["state"] == "completed" else optuna.trial.TrialState.PRUNED
+        told.append(optuna.trial.create_trial(state=state, value=float(row["loss"]), params=t.params,
+                                              distributions=t.distributions, intermediate_values=steps))
+    return told
+
+
+def _go_on_with_the_best(spec: SweepSpec, data: MoaData, folds: Folds, plan: JobPlan, out: Path, storage_root: str,
+                         inputs_of: Mapping[str, Predictions | None], best: dict[tuple[str, str], dict[str, Any]],
+                         concurrency: int, threads: int, resume: bool, emit: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Spend the sweep time the planned experiments left on more trials of the best one.
+
+    Time is left over when an experiment is skipped for want of budget (on data where one trial
+    takes minutes, the 3-stage chain cannot afford its trials; measured: bench/main_job.py on
+    semi-real data left 2 to 4 of 10 minutes unused), or when one ends before its slice (a trial
+    count). The collector's seeds have their reserve already (the plan's sweep deadline); what is
+    left goes to the experiment most likely to improve the ensemble: the best one
+    (:func:`best_to_go_on_with`), in a second Tune experiment (``<family>/more``, inside the first's
+    folder), whose TPE starts from the first's trials. Its trials join the experiment's ``done.json`` (so
+    the collector, ``status`` and the report see one experiment), and its best replaces the
+    experiment's best when it is better. Returns the new trial rows.
+    """
+    target = best_to_go_on_with(spec, best)
+    if target is None:
+        return []
+    stage, family = target
+    local_dir = out / stage / family
+    record = json.loads((local_dir / DONE_MARKER).read_text())
+    if record.get("continued"):
+        return []  # done in an earlier run of this sweep (its rows are in done.json already)
+    label = f"{stage}/{family}"
+    experiment_path = f"{storage_root}/{stage}/{family}/{MORE}"
+    run = _trainable_for(spec, data, folds, inputs_of.get(stage), stage, family, threads)
+    if resume and tune.Tuner.can_restore(experiment_path) and not _started_no_trial(experiment_path):
+        emit(f"[{label}] resuming {experiment_path}")
+        tuner = tune.Tuner.restore(experiment_path, trainable=run, resume_errored=True)
+    else:
+        left = plan.sweep_deadline() - time.time()
+        times = sorted(plan.measured.get((stage, family)) or [])
+        if not times or left < times[len(times) // 2]:
+            return []  # not one more trial of the kind that finished there would fit
+        warm = _study_trials(f"{storage_root}/{stage}/{family}", record["trials"])
+        every = [float(r["time_s"]) for r in record["trials"] if _finite(r.get("time_s"))]
+        n_startup = startup_trials(left, concurrency, float(np.mean(every)) if every else None)
+        searcher = FoldSearch(space=spec.spaces[family], metric=METRIC, mode=MODE, warm_trials=warm,
+                              sampler=optuna.samplers.TPESampler(seed=spec.seed + 1, n_startup_trials=n_startup))
+        tuner = _new_tuner(run, searcher, spec, folds, MORE, f"{storage_root}/{stage}/{family}", None,
+                           SliceStopper(left, left, folds.n_splits), concurrency, label, emit)
+        emit(f"[{label}] more trials for the {format_seconds(left)} of the sweep's budget left (the best experiment "
+             f"goes on; TPE starts from its {len(warm)} trials)")
+    grid = fit_or_interrupted(tuner, f"the sweep was interrupted in {label} (more trials); the experiments and "
+                              f"trials it finished are kept; go on with: moa-tune sweep --resume {out}")
+    rows = _trial_rows(grid, stage, family, folds.n_splits, spec.fixed_for(family))
+    for row in rows:
+        row["trial_dir"] = f"{MORE}/{row['trial_dir']}"
+    _keep_top_fitted(grid, rows, spec.collect["top_k"])
+    picked = _best_predictions(grid, rows, folds, data, stage, family)
+    before = best[(stage, family)]
+    if picked is not None and float(picked[1]["loss"]) < float(before["loss"]):
+        predictions, meta = picked
+        best_dir = local_dir / "best"
+        predictions.save(best_dir)
+        write_json(best_dir / "best.json", meta)
+        write_text(best_dir / "config.yaml", yaml.safe_dump(
+            trial_config(meta["config"], spec.fixed_for(family), stage, None), sort_keys=False))
+        best[(stage, family)] = meta
+        emit(f"[{label}] best {meta['loss']:.6f} (trial {meta['trial_id']}; was {float(before['loss']):.6f})")
+    else:
+        emit(f"[{label}] best still {float(before['loss']):.6f} (trial {before['trial_id']})")
+    combined = record["trials"] + rows
+    write_json(local_dir / DONE_MARKER, {**record, "trials": combined, "finished": time.time(),
+                                         "continued": {"experiment": f"{stage}/{family}/{MORE}", "trials": len(rows)}})
+    _measure(plan, [], stage, family, combined)
+    return rows
 
 
 def _started_no_trial(experiment_path: str) -> bool:

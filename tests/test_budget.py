@@ -168,6 +168,26 @@ def test_the_slice_stopper_ends_once_a_better_trial_stops_reporting_and_at_the_d
     assert late("c", {"loss": 0.001, "folds_done": 1, "time_total_s": 40.0})
 
 
+def test_past_the_slice_a_trial_begun_late_is_cut_and_does_not_hold_the_experiment_open() -> None:
+    """While the experiment waits past its slice for a better trial to finish, Tune starts new
+    trials; their first fold's loss is often below a full CV mean, and counted as 'better' they kept
+    a fast family's experiment open to the sweep's deadline (seen: 61 of a 60 s budget)."""
+    from moa_tune.sweep import SliceStopper
+
+    clock = Clock()
+    stopper = SliceStopper(slice_s=10.0, hard_s=100.0, n_folds=3, clock=clock)
+    clock.now = 4.0
+    assert not stopper("a", {"loss": 0.11, "folds_done": 3, "time_total_s": 4.0})
+    assert not stopper("b", {"loss": 0.10, "folds_done": 1, "time_total_s": 3.0})  # begun in time, better
+    clock.now = 12.0
+    assert not stopper.stop_all()  # b may still beat a
+    assert stopper("c", {"loss": 0.09, "folds_done": 1, "time_total_s": 1.0})  # begun late: cut, however low
+    assert not stopper("b", {"loss": 0.105, "folds_done": 2, "time_total_s": 6.0})
+    clock.now = 15.0
+    assert not stopper("b", {"loss": 0.108, "folds_done": 3, "time_total_s": 9.0})
+    assert stopper.stop_all()  # b finished; c does not count
+
+
 def test_a_resumed_budgeted_sweep_goes_on_with_what_its_budget_had_left(tmp_path, capsys) -> None:
     import os
     import time
@@ -191,3 +211,69 @@ def test_a_resumed_budgeted_sweep_goes_on_with_what_its_budget_had_left(tmp_path
     os.utime(tmp_path / "direct" / "trials.csv", (started + 900, started + 900))
     code, _, err = run_cli(["sweep", "--resume", str(tmp_path)], capsys)
     assert code == 2 and "spent its 10.0 min budget" in err and "--budget" in err and len(err.strip().splitlines()) == 1
+
+
+def _spec(stages: list[dict]):  # noqa: ANN202
+    from moa_tune.sweep_spec import SEARCH_SPACES, parse_sweep
+
+    return parse_sweep({"name": "s", "data": {"synth": "tiny"}, "stages": stages}, "<test>", SEARCH_SPACES / "sweeps")
+
+
+def test_time_left_goes_to_the_best_experiment_that_predicts_scored_targets_and_feeds_nothing() -> None:
+    """direct and the chain's last stage can go on; stage 1 (nonscored) and a fed stage cannot, nor one
+    whose stage entry gives a trial count (the user's)."""
+    from moa_tune.sweep import best_to_go_on_with
+
+    chain = [{"stage": "direct", "families": ["mlp", "linear"]}, {"stage": "stage1", "families": ["linear"]},
+             {"stage": "stage2", "families": ["mlp"]}, {"stage": "stage3", "families": ["linear"]}]
+    best = {("direct", "mlp"): {"loss": 0.020}, ("direct", "linear"): {"loss": 0.022},
+            ("stage1", "linear"): {"loss": 0.001}, ("stage2", "mlp"): {"loss": 0.010},
+            ("stage3", "linear"): {"loss": 0.019}}
+    assert best_to_go_on_with(_spec(chain), best) == ("stage3", "linear")  # stage 2 feeds stage 3
+    assert best_to_go_on_with(_spec(chain[:3]), best) == ("stage2", "mlp")  # the chain ends at stage 2
+    capped = [*chain[:3], {"stage": "stage3", "families": ["linear"], "trials": 4}]
+    assert best_to_go_on_with(_spec(capped), best) == ("direct", "mlp")
+    assert best_to_go_on_with(_spec(chain), {("stage1", "linear"): {"loss": 0.001}}) is None
+
+
+def test_a_second_round_searcher_starts_from_the_first_rounds_finished_trials(tmp_path) -> None:
+    """The first round, its parameters read back from Tune's saved searcher state and its outcomes
+    from the experiment's trial rows, warm-starts the second round's TPE: every trial that reported
+    a fold is in the new study before the first proposal, as complete or pruned, even one the study
+    itself still held as running (cut as the slice ended, just after its last fold)."""
+    import optuna
+
+    from moa_tune.search_space import load_search_space
+    from moa_tune.sweep import FoldSearch, _study_trials
+    from moa_tune.sweep_spec import SEARCH_SPACES
+
+    space = load_search_space(SEARCH_SPACES / "linear.yaml")
+    first = FoldSearch(space=space, metric="loss", mode="min",
+                       sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    rows = []
+    for i, folds in enumerate((3, 3, 1, 3, 0)):
+        first.suggest(f"t{i}")
+        losses = [0.02 + 0.001 * i + 0.0001 * k for k in range(folds)]
+        result = {"loss": sum(losses) / max(1, folds), "folds_done": folds, "n_folds": 3,
+                  "fold_losses": ",".join(map(str, losses))}
+        if i < 3:
+            first.on_trial_complete(f"t{i}", result)
+        elif i == 3:
+            first.on_trial_result(f"t{i}", {"loss": losses[0], "training_iteration": 1})  # then cut: RUNNING
+        rows.append({"trial_id": f"t{i}", "state": "completed" if folds == 3 else "pruned", "folds_done": folds,
+                     "loss": result["loss"] if folds else None,
+                     **{f"fold_{k}_loss": losses[k] if k < folds else None for k in range(3)}})
+    assert first._ot_study.trials[3].state.name == "RUNNING"
+    (tmp_path / "exp").mkdir()
+    first.save(str(tmp_path / "exp" / "searcher-state-2026-12-02.pkl"))
+    warm = _study_trials(str(tmp_path / "exp"), rows)
+    assert [t.state.name for t in warm] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+    assert warm[3].value == pytest.approx(rows[3]["loss"]) and sorted(warm[3].intermediate_values) == [1, 2, 3]
+    assert warm[2].intermediate_values == {1: pytest.approx(0.022)}
+    assert [t.params for t in warm] == [t.params for t in first._ot_study.trials[:4]]
+    second = FoldSearch(space=space, metric="loss", mode="min", warm_trials=warm,
+                        sampler=optuna.samplers.TPESampler(seed=1, n_startup_trials=2))
+    assert [t.state.name for t in second._ot_study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+    config = second.suggest("u0")
+    assert config and len(second._ot_study.trials) == 5
+    assert _study_trials(str(tmp_path / "nothing"), rows) == []

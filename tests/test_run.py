@@ -146,3 +146,65 @@ def _collect_gives_direct_the_seeds_the_chain_cannot_afford(run_dir: Path) -> No
     data = generate("tiny", seed=1)
     np.testing.assert_allclose(ensemble.predict(data.test).iloc[:, 1:].to_numpy(),
                                Predictions.load(run_dir / "collect").test, atol=1e-5)
+
+
+LEFT_OVER = {
+    "name": "leftover", "data": {"synth": "tiny", "seed": 3}, "folds": {"n_splits": 3}, "budget": "60s",
+    "fixed": {"train.epochs": 3, "train.early_stopping": 0, "train.batch_size": 64},
+    "stages": [{"stage": "direct", "families": ["linear"]}, {"stage": "stage1", "families": ["linear"], "trials": 1}],
+}
+
+
+def test_budget_a_capped_experiment_leaves_goes_to_more_trials_of_the_best_one(tmp_path: Path) -> None:
+    """direct/linear gets half the sweep's time; stage 1, capped at one trial, leaves most of its half.
+    That goes to a second round of direct/linear (the best experiment that predicts scored targets),
+    whose TPE starts from the first round's trials; both rounds are one experiment to the collector:
+    its rows in one done.json, the best of either as its best, a second-round trial reusable."""
+    import json
+    import pickle
+
+    from moa_tune.collect import reuse_trial, top_configs
+    from moa_tune.folds import Folds
+    from moa_tune.sweep import resume_spec
+
+    sweep_file = tmp_path / "leftover.yaml"
+    sweep_file.write_text(yaml.safe_dump(LEFT_OVER))
+    storage = tmp_path / "ray"
+    done = subprocess.run([*moa_tune_command(), "sweep", "--config", str(sweep_file), "--results", str(tmp_path / "r"),
+                           "--num-cpus", "2", "--storage", str(storage)],
+                          capture_output=True, text=True, env=subprocess_env(tmp_path / "home"), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[direct/linear] more trials for the " in done.stdout, done.stdout[-3000:]
+    warm = int(done.stdout.split("TPE starts from its ")[1].split(" trials")[0])
+    sweep_dir = tmp_path / "r" / "leftover"
+    record = json.loads((sweep_dir / "direct" / "linear" / "done.json").read_text())
+    first = [r for r in record["trials"] if not r["trial_dir"].startswith("more/")]
+    more = [r for r in record["trials"] if r["trial_dir"].startswith("more/")]
+    reported = [r for r in first if r["state"] != "errored" and r["folds_done"] >= 1]
+    assert len(reported) == warm and more and record["continued"]["trials"] == len(more)
+    trials = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(trials[(trials.stage == "direct") & (trials.family == "linear")]) == len(first) + len(more)
+    assert len(trials[trials.stage == "stage1"]) == 1
+    # one row per trial, named for its own folder (a trial cut before its first report, with reused
+    # actors, had come back from Tune with another trial's result, id and all)
+    assert trials.trial_id.is_unique and (("trial_" + trials.trial_id.astype(str)) == trials.trial_dir.str.split("/").str[-1]).all()
+    # the second round's study began with the first round's finished trials
+    states = sorted((storage / "leftover" / "direct" / "linear" / "more").glob("searcher-state-*.pkl"))
+    with open(states[-1], "rb") as handle:
+        study = pickle.load(handle)["_ot_study"]
+    assert len(study.trials) >= warm + len(more)
+    for state, told in (("completed", "COMPLETE"), ("pruned", "PRUNED")):
+        assert sorted(round(t.value, 9) for t in study.trials[:warm] if t.state.name == told) == \
+            sorted(round(float(r["loss"]), 9) for r in reported if r["state"] == state)
+    # the experiment's best is the best of both rounds
+    completed = [r for r in record["trials"] if r["state"] == "completed"]
+    best = json.loads((sweep_dir / "direct" / "linear" / "best" / "best.json").read_text())
+    assert best["trial_id"] == min(completed, key=lambda r: r["loss"])["trial_id"]
+    # a second-round trial the sweep kept fitted is found by the collector, folder and all
+    spec = resume_spec(sweep_dir)
+    best_more = min((r for r in more if r["state"] == "completed"), key=lambda r: r["loss"])
+    candidate = next(c for c in top_configs(sweep_dir, spec, "direct", "linear", len(completed))
+                     if c.trial_id == best_more["trial_id"])
+    reused = reuse_trial(candidate, str(storage / "leftover"), generate("tiny", seed=3),
+                         Folds.load(sweep_dir / "folds.npz"), None)
+    assert reused is not None and reused["reused"] and reused["loss"] == pytest.approx(best_more["loss"], rel=0.05)
